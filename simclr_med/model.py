@@ -1,0 +1,63 @@
+"""The SimCLR model: ResNet backbone f(.), projection head g(.), optional supervised head.
+
+During pretraining the supervised head is the linear-evaluation probe: it sees stop-gradient
+features, so labels (where a data set has them) never shape the representation. During fine-tuning it
+is the task head, trained through the backbone.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from simclr_med.config import ModelConfig
+from simclr_med.projection_head import LinearLayer, ProjectionHead
+from simclr_med.resnet import CIFAR_STEM_MAX_SIZE, BatchNormSettings, ResNet
+
+
+class SimCLRModel(keras.Model):
+    """Maps float images in [0, 1] to a dict of endpoints, projections and (optional) logits."""
+
+    def __init__(self, config: ModelConfig, num_classes: int = 0,
+                 stop_gradient_to_head: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.num_classes = num_classes
+        self.stop_gradient_to_head = stop_gradient_to_head
+        bn = BatchNormSettings(config.batch_norm_decay, config.batch_norm_epsilon, config.global_bn)
+        self.resnet = ResNet(config.resnet_depth, config.width_multiplier, config.sk_ratio,
+                             cifar_stem=config.image_size <= CIFAR_STEM_MAX_SIZE, bn=bn)
+        self.projection_head = ProjectionHead(config.proj_head_mode, config.num_proj_layers,
+                                              config.proj_out_dim, self.resnet.output_dim, bn=bn)
+        self.supervised_head = LinearLayer(num_classes) if num_classes else None
+
+    def call(self, images, training=False):
+        outputs = self.resnet(images, training=training)
+        hiddens = self.projection_head(outputs["final_avg_pool"], training=training)
+        outputs["proj_head_input"] = hiddens[0]
+        outputs["proj_head_output"] = hiddens[-1]
+        if self.supervised_head is not None:
+            features = hiddens[self.config.ft_proj_selector]
+            if self.stop_gradient_to_head:
+                features = tf.stop_gradient(features)
+            outputs["logits_sup"] = self.supervised_head(features, training=training)
+        return outputs
+
+    def build_for_image_size(self) -> None:
+        """Creates every variable by running one tiny batch in inference mode."""
+        size = self.config.image_size
+        self(tf.zeros([1, size, size, 3]), training=False)
+
+
+def no_decay_variables(model: keras.layers.Layer) -> list:
+    """Variables exempt from weight decay (and from LARS trust ratios): BN parameters and biases.
+
+    Decided by layer type, not by variable name: Keras 3 names are short (`kernel`, `gamma`).
+    """
+    exempt = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            exempt.extend(layer.trainable_weights)
+        elif getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+            exempt.append(layer.bias)
+    return exempt
