@@ -70,8 +70,8 @@ def test_decode_jpeg_matches_pil(shape):
     image = _decode(data)
     reference = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / 255.0
     assert image.shape == shape[:2] + ((3,) if len(shape) == 3 else (1,))
-    # Both use libjpeg; their IDCT/upsampling settings may differ by a level or two.
-    np.testing.assert_allclose(image.reshape(reference.shape), reference, atol=3 / 255)
+    # Both run libjpeg's accurate IDCT: the same pixels.
+    np.testing.assert_allclose(image.reshape(reference.shape), reference, atol=1e-6)
 
 
 def test_decode_in_graph_has_static_rank_3():
@@ -141,3 +141,18 @@ def test_preprocess_for_eval_same_from_bytes_integers_and_floats():
     np.testing.assert_allclose(from_bytes, from_uint8, atol=1e-6)
     np.testing.assert_allclose(from_bytes, from_float, atol=1e-6)
     assert from_bytes.shape == (16, 16, 3)
+
+
+def test_real_images_decode_and_evaluate(real_data):
+    """NIH PNGs (RGB and RGBA, gray content) and HAM10000 JPEGs, as PIL reads them."""
+    nih = real_data / "nih_cxr14_64px" / "images"
+    ham = real_data / "ham10000_220px_subset" / "images"
+    files = [nih / "00000004_000.png", nih / "00000001_000.png", sorted(ham.glob("*.jpg"))[0]]
+    for path in files:
+        data = path.read_bytes()
+        image = _decode(data)
+        reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32) / 255
+        assert image.shape == reference.shape, path.name
+        np.testing.assert_allclose(image, reference, atol=1e-6, err_msg=path.name)
+        evaluated = preprocess.preprocess_for_eval(tf.constant(data), 32).numpy()
+        assert evaluated.shape == (32, 32, 3), path.name
