@@ -70,3 +70,44 @@ def resolve_checkpoint(path: str) -> Optional[str]:
     if tf.io.gfile.exists(path + ".index"):
         return path
     return None
+
+
+# ModelConfig fields that decide which variables exist and their shapes.
+ARCHITECTURE_FIELDS = ("resnet_depth", "width_multiplier", "sk_ratio", "proj_head_mode",
+                       "num_proj_layers", "proj_out_dim")
+
+
+def architecture_differences(wanted: ModelConfig, found: ModelConfig) -> list[str]:
+    """Human-readable differences, e.g. `resnet_depth: checkpoint 50, requested 18`."""
+    diffs = [f"{name}: checkpoint {getattr(found, name)}, requested {getattr(wanted, name)}"
+             for name in ARCHITECTURE_FIELDS if getattr(found, name) != getattr(wanted, name)]
+    if (found.image_size <= 32) != (wanted.image_size <= 32):
+        diffs.append(f"stem: checkpoint trained at image_size {found.image_size}, requested "
+                     f"{wanted.image_size} (the CIFAR stem is used up to 32 px)")
+    return diffs
+
+
+def load_init_weights(model, path: str, projection_layers: Optional[int] = None) -> str:
+    """Starts `model` from another run's backbone and the first `projection_layers` layers of its
+    projection head (None: all of them; 0: none). Optimizer, step and supervised head stay fresh.
+
+    `path` is a model folder of this package (a --model_dir or a convert_checkpoint output) or a
+    checkpoint prefix inside one. Returns a one-line description of what was loaded.
+    """
+    prefix = resolve_checkpoint(path)
+    if prefix is None:
+        raise FileNotFoundError(f"--init_checkpoint {path!r}: no checkpoint found there")
+    folder = path if tf.io.gfile.isdir(path) else os.path.dirname(prefix)
+    source = ModelRecord.load(folder).model
+    differences = architecture_differences(model.config, source)
+    if differences:
+        raise ValueError(f"--init_checkpoint {path!r} does not fit the requested model: "
+                         + "; ".join(differences))
+    head_layers = model.projection_head.linear_layers
+    head_layers = head_layers if projection_layers is None else head_layers[:projection_layers]
+    head = tf.train.Checkpoint(**{f"layer{j}": layer for j, layer in enumerate(head_layers)})
+    status = tf.train.Checkpoint(model=tf.train.Checkpoint(
+        resnet=model.resnet, projection_head=head)).restore(prefix)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+    return (f"initialised backbone and {len(head_layers)} projection-head layer(s) from {prefix}")

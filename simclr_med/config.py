@@ -84,24 +84,30 @@ class DataConfig:
     tfds_data_dir: Optional[str] = None
     train_split: str = "train"
     eval_split: str = "validation"
-    shuffle_buffer: int = 2048
-    cache: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Pretraining loop settings."""
+    """Training-loop settings shared by pretraining and fine-tuning."""
 
     model_dir: str
     train_batch_size: int = 256
     train_steps: int = 0  # 0: derive from train_epochs
     train_epochs: float = 100.0
-    steps_per_loop: int = 10
+    steps_per_loop: int = 10  # steps per tf.function call, between progress lines
     checkpoint_steps: int = 0  # 0: once per epoch of the training data
     keep_checkpoint_max: int = 5
+    shuffle_buffer: int = 2048  # training examples (images, or case bags for MICLe)
+    run_steps: int = 0  # end this invocation after this many steps (0: go to the last step)
+    init_checkpoint: str = ""  # weights to start from: this package's model folder or an official one
+    seed: int = 0
+    deterministic: bool = False  # TF op determinism: bit-reproducible runs, somewhat slower
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """What is specific to contrastive pretraining."""
+
     temperature: float = 0.1
     use_micle: bool = False
     lineareval_while_pretraining: bool = True
-    seed: int = 0
-    deterministic: bool = False
-    image_summary_steps: int = 0  # 0: one sample of augmented views at the first step only

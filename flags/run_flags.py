@@ -1,0 +1,141 @@
+"""Flags of `run.py` and their conversion into the plain config objects the library takes.
+
+Augmentation parameters default to None: the `--augmentation` preset decides them unless a flag
+sets one explicitly (e.g. `--augmentation=cxr --rotation_degrees=20`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from simclr_med import augment
+from simclr_med.config import (AugmentConfig, DataConfig, ModelConfig, OptimConfig,
+                               PretrainConfig, StrategyConfig, TrainConfig)
+
+FLAGS = flags.FLAGS
+
+MODES = ["pretrain"]
+
+flags.DEFINE_enum("mode", "pretrain", MODES, "What to run.")
+flags.DEFINE_string("model_dir", None, "Folder of checkpoints, summaries and results.")
+
+# Data.
+flags.DEFINE_string("data_dir", "", "A data_prep output folder. Without it and without "
+                    "--tfds_dataset, the built-in synthetic data set is used.")
+flags.DEFINE_string("train_split", "train", "Split to train on.")
+flags.DEFINE_string("eval_split", "validation", "Split to evaluate on.")
+flags.DEFINE_string("tfds_dataset", "", "A TFDS image-classification data set (e.g. cifar10).")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder.")
+flags.DEFINE_integer("shuffle_buffer", 2048, "Shuffle buffer of training examples.")
+
+# Model.
+flags.DEFINE_integer("resnet_depth", 50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
+flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier (1-4; fractions for tests).")
+flags.DEFINE_float("sk_ratio", 0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625); 0 = off.")
+flags.DEFINE_integer("image_size", 224, "Input size; up to 32 px uses the CIFAR stem.")
+flags.DEFINE_float("batch_norm_decay", 0.9, "Batch-norm moving-average momentum.")
+flags.DEFINE_float("batch_norm_epsilon", 1e-5, "Batch-norm epsilon.")
+flags.DEFINE_boolean("global_bn", True, "Synchronise batch-norm statistics across replicas.")
+flags.DEFINE_enum("proj_head_mode", "nonlinear", ["none", "linear", "nonlinear"],
+                  "Projection head type.")
+flags.DEFINE_integer("num_proj_layers", 3, "Layers of a nonlinear projection head (paper: 2).")
+flags.DEFINE_integer("proj_out_dim", 128, "Output dimension of the projection head.")
+flags.DEFINE_integer("ft_proj_selector", 0,
+                     "Projection-head layer feeding the supervised head (0 = backbone output).")
+
+# Optimisation.
+flags.DEFINE_integer("train_batch_size", 256, "Global batch size (pairs for pretraining).")
+flags.DEFINE_integer("train_steps", 0, "Training steps; 0 derives them from --train_epochs.")
+flags.DEFINE_float("train_epochs", 100, "Training epochs when --train_steps is 0.")
+flags.DEFINE_float("learning_rate", 0.3, "Base learning rate, scaled by --learning_rate_scaling.")
+flags.DEFINE_enum("learning_rate_scaling", "linear", ["linear", "sqrt"],
+                  "linear: lr * batch / 256; sqrt: lr * sqrt(batch).")
+flags.DEFINE_float("warmup_epochs", 10, "Linear warm-up epochs before cosine decay.")
+flags.DEFINE_enum("optimizer", "lars", ["lars", "momentum", "adam"], "Optimizer.")
+flags.DEFINE_float("momentum", 0.9, "Momentum of LARS and momentum SGD.")
+flags.DEFINE_float("weight_decay", 1e-6, "Weight decay (not on BN parameters and biases).")
+flags.DEFINE_float("lars_trust_coefficient", 0.001, "LARS trust coefficient (eta).")
+flags.DEFINE_float("temperature", 0.1, "NT-Xent temperature.")
+
+# MICLe and augmentation.
+flags.DEFINE_boolean("use_micle", False, "MICLe: positive pairs from two different images of a "
+                     "case bag (SimCLR for single-image cases).")
+flags.DEFINE_enum("augmentation", "simclr", sorted(augment.PRESETS),
+                  "Augmentation preset: simclr (dermatology), cxr (chest X-ray), ...")
+flags.DEFINE_boolean("crop", None, "Random resized crop.")
+flags.DEFINE_float("crop_area_min", None, "Smallest crop area fraction.")
+flags.DEFINE_float("crop_area_max", None, "Largest crop area fraction.")
+flags.DEFINE_float("crop_aspect_min", None, "Smallest crop aspect ratio.")
+flags.DEFINE_float("crop_aspect_max", None, "Largest crop aspect ratio.")
+flags.DEFINE_boolean("flip", None, "Random horizontal flip.")
+flags.DEFINE_float("color_jitter_strength", None, "Colour jitter strength s (0 = off).")
+flags.DEFINE_float("color_jitter_prob", None, "Probability of colour jitter.")
+flags.DEFINE_float("grayscale_prob", None, "Probability of grayscale conversion.")
+flags.DEFINE_float("blur_prob", None, "Probability of Gaussian blur (0 = off).")
+flags.DEFINE_float("blur_sigma_min", None, "Smallest blur sigma.")
+flags.DEFINE_float("blur_sigma_max", None, "Largest blur sigma.")
+flags.DEFINE_float("rotation_degrees", None, "Random rotation within +-degrees (0 = off).")
+flags.DEFINE_enum("rotation_fill_mode", None, ["reflect", "constant", "nearest", "wrap"],
+                  "How rotation fills the corners.")
+flags.DEFINE_boolean("lineareval_while_pretraining", True,
+                     "Train a linear probe on stop-gradient features while pretraining.")
+
+# Loop, checkpoints, transfer.
+flags.DEFINE_integer("steps_per_loop", 10, "Steps per tf.function call (between log lines).")
+flags.DEFINE_integer("checkpoint_steps", 0, "Checkpoint every N steps; 0 = once per epoch.")
+flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints to keep.")
+flags.DEFINE_integer("run_steps", 0, "Stop this invocation after N steps (for time-limited "
+                     "jobs; run again to continue); 0 = run to the end.")
+flags.DEFINE_string("init_checkpoint", "", "Start from these weights: a model folder of this "
+                    "package, or an official SimCLR TF2 checkpoint.")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+flags.DEFINE_boolean("deterministic", False, "Deterministic TF ops (bit-reproducible, slower).")
+
+# Scale.
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                  "Distribution strategy.")
+flags.DEFINE_string("tpu", "", "TPU address or name for --strategy=tpu.")
+flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (mirrored).")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Computation precision.")
+
+
+def _fields(config_class) -> dict:
+    return {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_class)
+            if f.name in FLAGS}
+
+
+def model_config() -> ModelConfig:
+    return ModelConfig(**_fields(ModelConfig))
+
+
+def optim_config() -> OptimConfig:
+    return OptimConfig(**_fields(OptimConfig))
+
+
+def augment_config() -> AugmentConfig:
+    overrides = {k: v for k, v in _fields(AugmentConfig).items() if v is not None}
+    return augment.preset(FLAGS.augmentation, **overrides)
+
+
+def strategy_config() -> StrategyConfig:
+    return StrategyConfig(**_fields(StrategyConfig))
+
+
+def data_config() -> DataConfig:
+    return DataConfig(**_fields(DataConfig))
+
+
+def train_config() -> TrainConfig:
+    return TrainConfig(**_fields(TrainConfig))
+
+
+def pretrain_config() -> PretrainConfig:
+    return PretrainConfig(**_fields(PretrainConfig))
+
+
+def flag_values() -> dict:
+    """Every flag of this module with its value, for `flags.json`."""
+    return {flag.name: flag.value for flag in FLAGS.get_flags_for_module(__name__)}

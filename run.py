@@ -1,0 +1,53 @@
+"""simclr-med's command line: `python run.py --mode=pretrain --model_dir=DIR [...]`.
+
+Flags: flags/run_flags.py (and `python run.py --helpfull`). Commands, flags and output files are
+described in the README.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from flags import run_flags
+from simclr_med import dataset, strategy, synthetic
+from simclr_med.config import DataConfig
+from simclr_med.pretrain import pretrain
+from simclr_med.trainer import write_json
+
+FLAGS = flags.FLAGS
+flags.mark_flag_as_required("model_dir")
+
+
+def open_source(data: DataConfig) -> dataset.Source:
+    """The data set named by the flags; the built-in synthetic one when none is named."""
+    if data.data_dir and data.tfds_dataset:
+        raise app.UsageError("give --data_dir or --tfds_dataset, not both")
+    if data.tfds_dataset:
+        return dataset.open_tfds(data.tfds_dataset, data.tfds_data_dir)
+    if data.data_dir:
+        return dataset.open_build(data.data_dir)
+    data_dir = synthetic.default_build()
+    logging.info("no --data_dir or --tfds_dataset: using the built-in SYNTHETIC data set at %s",
+                 data_dir)
+    return dataset.open_build(data_dir)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distribution = strategy.build_strategy(run_flags.strategy_config())
+    source = open_source(run_flags.data_config())
+    train = run_flags.train_config()
+    write_json(train.model_dir, "flags.json", run_flags.flag_values())
+    if FLAGS.mode == "pretrain":
+        summary = pretrain(run_flags.model_config(), run_flags.optim_config(),
+                           run_flags.augment_config(), source, train, run_flags.pretrain_config(),
+                           distribution, split=FLAGS.train_split)
+        print(f"pretraining done: step {summary['global_step']}, loss {summary['loss']:.4f}, "
+              f"{summary.get('images_per_second', float('nan')):.1f} images/s; "
+              f"results in {train.model_dir}")
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    app.run(main)

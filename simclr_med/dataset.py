@@ -1,0 +1,138 @@
+"""Readers: case bags and flattened images from a data_prep build, or images from a TFDS data set.
+
+A data_prep build holds one record per case (see `simclr_med.schema`). MICLe reads case bags;
+SimCLR, fine-tuning and evaluation read the flattened images, each carrying its case and patient id.
+Files are interleaved (and shuffled when training); with several input pipelines (multi-worker
+training) each reads a disjoint part: whole files when there are enough, else every n-th record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import tensorflow as tf
+
+from simclr_med import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What the training and evaluation code needs to know about a data set."""
+
+    info: schema.DatasetInfo
+    data_dir: str = ""  # a data_prep build, or "" for TFDS
+    tfds_name: str = ""
+    tfds_data_dir: Optional[str] = None
+
+    def num_examples(self, split: str, unit: str = "images") -> int:
+        """Images (or cases/patients) in a split, from the build's counts."""
+        counts = self.info.split_counts.get(split)
+        if not counts or unit not in counts:
+            raise ValueError(f"no {unit} count for split {split!r}; the data set has "
+                             f"{sorted(self.info.split_counts)}")
+        return int(counts[unit])
+
+
+def open_build(data_dir: str) -> Source:
+    return Source(info=schema.DatasetInfo.load(data_dir), data_dir=data_dir)
+
+
+def open_tfds(name: str, data_dir: Optional[str] = None) -> Source:
+    """A TFDS image-classification data set (features `image` and `label`), e.g. cifar10."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+    label = builder.info.features["label"]
+    counts = {split: {"images": info.num_examples} for split, info in builder.info.splits.items()}
+    info = schema.DatasetInfo(task=schema.MULTICLASS, names=list(label.names),
+                              split_counts=counts, source_format=f"tfds:{name}")
+    return Source(info=info, tfds_name=name, tfds_data_dir=data_dir)
+
+
+def shard_files(data_dir: str, split: str) -> list[str]:
+    files = sorted(tf.io.gfile.glob(schema.shard_pattern(data_dir, split)))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir!r} "
+                                f"(expected {split}-NNNNN-of-MMMMM.tfrecord)")
+    return files
+
+
+def _shard(ds: tf.data.Dataset, context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
+    if context is None or context.num_input_pipelines == 1:
+        return ds
+    return ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+
+
+def read_cases(source: Source, split: str, *, shuffle_files: bool = False, seed: int = 0,
+               input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """Parsed case bags (`schema.parse_case` dicts) of one split of a data_prep build."""
+    files = shard_files(source.data_dir, split)
+    by_file = input_context is not None and len(files) >= input_context.num_input_pipelines
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if by_file:
+        ds = _shard(ds, input_context)
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    if not by_file:
+        ds = _shard(ds, input_context)
+    num_labels = source.info.num_labels
+    return ds.map(lambda record: schema.parse_case(record, num_labels),
+                  num_parallel_calls=AUTOTUNE)
+
+
+def select_label_fraction(cases: tf.data.Dataset, fraction: float) -> tf.data.Dataset:
+    """The nested, class-stratified subset of training patients stored by data_prep."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return cases
+    return cases.filter(lambda case: case["label_fraction_rank"] <= fraction)
+
+
+_CASE_FIELDS = ("case_id", "patient_id")
+
+
+def flatten_cases(cases: tf.data.Dataset) -> tf.data.Dataset:
+    """One element per image: its own fields plus its case's `case_id` and `patient_id`."""
+
+    def images_of(case):
+        per_image = {k: v for k, v in case.items()
+                     if k not in _CASE_FIELDS and k != "label_fraction_rank"}
+        count = tf.shape(case["encoded"])[0]
+        for key in _CASE_FIELDS:
+            per_image[key] = tf.fill([count], case[key])
+        return tf.data.Dataset.from_tensor_slices(per_image)
+
+    return cases.flat_map(images_of)
+
+
+def read_images(source: Source, split: str, *, shuffle_files: bool = False, seed: int = 0,
+                input_context: Optional[tf.distribute.InputContext] = None,
+                label_fraction: float = 1.0) -> tf.data.Dataset:
+    """Single images with labels, from a data_prep build or a TFDS data set.
+
+    Build elements carry `encoded` bytes (decoded later, after shuffling, to keep buffers small);
+    TFDS elements carry a decoded uint8 `image`. Both carry `class_id` for multi-class tasks.
+    """
+    if source.tfds_name:
+        return _read_tfds(source, split, shuffle_files, seed, input_context)
+    cases = read_cases(source, split, shuffle_files=shuffle_files, seed=seed,
+                       input_context=input_context)
+    return flatten_cases(select_label_fraction(cases, label_fraction))
+
+
+def _read_tfds(source: Source, split: str, shuffle_files: bool, seed: int,
+               input_context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
+    import tensorflow_datasets as tfds
+
+    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed)
+    ds = tfds.load(source.tfds_name, split=split, data_dir=source.tfds_data_dir,
+                   shuffle_files=shuffle_files, read_config=read_config)
+    return ds.map(lambda ex: {"image": ex["image"], "class_id": tf.cast(ex["label"], tf.int32)},
+                  num_parallel_calls=AUTOTUNE)

@@ -1,0 +1,150 @@
+"""Contrastive pretraining (SimCLR, or MICLe with `use_micle`) of a ResNet and projection head.
+
+Both views of every pair go through the network as one batch of 2B images (so batch-norm
+statistics cover both), the NT-Xent loss takes negatives from every replica, and, where the data
+has labels, a linear probe on stop-gradient features tracks representation quality.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from simclr_med import checkpointing, objective, schedule, supervised
+from simclr_med.config import (AugmentConfig, ModelConfig, OptimConfig, PretrainConfig,
+                               TrainConfig)
+from simclr_med.dataset import Source
+from simclr_med.model import SimCLRModel, no_decay_variables
+from simclr_med.optimizers import build_optimizer
+from simclr_med.pretrain_input import PairSpec, pair_dataset
+from simclr_med.train_metrics import RunningMeans
+from simclr_med.trainer import SUMMARY_FILE, LoopSettings, Trainer, write_json
+
+SAMPLE_VIEWS = 8  # pairs shown in TensorBoard
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def total_steps(train: TrainConfig, num_examples: int) -> int:
+    return train.train_steps or math.ceil(train.train_epochs * num_examples / train.train_batch_size)
+
+
+def _both_views(batch: dict, key: str) -> tf.Tensor:
+    """[B, 2, ...] -> [2B, ...]: view 1 of every pair, then view 2 (the order of the images)."""
+    return tf.concat([batch[key][:, 0], batch[key][:, 1]], axis=0)
+
+
+def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperature: float,
+                          global_batch: int, task: str = "") -> tuple[tf.Tensor, list, dict]:
+    """Loss of this replica's pairs, scaled for the global batch, and its gradients.
+
+    Summed over replicas (as the optimizer's all-reduce does), the gradients equal those of one
+    device holding the whole global batch. `task` ("" = none) adds the linear probe's loss.
+    """
+    images = _both_views(pairs, "views")
+    outputs = {}
+    with tf.GradientTape() as tape:
+        model_outputs = model(images, training=True)
+        z1, z2 = tf.split(model_outputs["proj_head_output"], 2)
+        contrast = objective.nt_xent(z1, z2, temperature)
+        loss = tf.reduce_sum(contrast.per_pair_loss) / global_batch
+        if task:
+            labels = {k: _both_views(pairs, k) for k in ("class_id", "labels", "label_mask")
+                      if k in pairs}
+            sup_loss, weights = supervised.task_loss(model_outputs["logits_sup"], labels, task)
+            # Mean over the 2B images (and, multi-label, their labels) of the global batch.
+            entries_per_image = tf.cast(tf.size(sup_loss) // tf.shape(sup_loss)[0], tf.float32)
+            loss += tf.reduce_sum(sup_loss * weights) / (2 * global_batch * entries_per_image)
+            outputs.update(supervised_loss=sup_loss, weights=weights, labels=labels,
+                           logits_sup=model_outputs["logits_sup"])
+        scaled = optimizer.scale_loss(loss)
+    outputs["contrast"] = contrast
+    return loss, tape.gradient(scaled, model.trainable_variables), outputs
+
+
+def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
+             source: Source, train: TrainConfig, pretrain_config: PretrainConfig,
+             strategy: tf.distribute.Strategy, split: str = "train") -> dict:
+    """Pretrains in `train.model_dir` (resuming if it holds checkpoints); returns the summary."""
+    seed_everything(train.seed, train.deterministic)
+    unit = "cases" if pretrain_config.use_micle else "images"
+    num_examples = source.num_examples(split, unit)
+    batch = train.train_batch_size
+    steps = total_steps(train, num_examples)
+    steps_per_epoch = math.ceil(num_examples / batch)
+    learning_rate = schedule.WarmupCosine(
+        schedule.scaled_learning_rate(optim.learning_rate, batch, optim.learning_rate_scaling),
+        schedule.warmup_steps(optim.warmup_epochs, num_examples, batch), steps)
+    num_classes = source.info.num_classes if pretrain_config.lineareval_while_pretraining else 0
+    task = source.info.task if num_classes else ""  # the linear probe's task, if any
+
+    with strategy.scope():
+        model = SimCLRModel(model_config, num_classes, stop_gradient_to_head=True)
+        model.build_for_image_size()
+        optimizer = build_optimizer(optim, learning_rate, no_decay_variables(model),
+                                    loss_scaling=keras.config.dtype_policy().name == "mixed_float16")
+        optimizer.build(model.trainable_variables)
+        names = ["loss", "contrast_accuracy", "contrast_entropy"]
+        metrics = RunningMeans(names + (["supervised_loss", "supervised_accuracy"]
+                                        if num_classes else []))
+
+    def step_fn(pairs: dict) -> None:
+        _, grads, outputs = contrastive_gradients(
+            model, optimizer, pairs, pretrain_config.temperature, batch, task)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        contrast = outputs["contrast"]
+        metrics.update("loss", contrast.per_pair_loss)
+        metrics.update("contrast_accuracy", objective.contrastive_accuracy(contrast))
+        metrics.update("contrast_entropy", objective.contrastive_entropy(contrast))
+        if num_classes:
+            metrics.update("supervised_loss", outputs["supervised_loss"], outputs["weights"])
+            metrics.update("supervised_accuracy", *supervised.task_accuracy(
+                outputs["logits_sup"], outputs["labels"], task))
+
+    settings = LoopSettings(
+        mode="pretrain", model_dir=train.model_dir, total_steps=steps,
+        steps_per_loop=train.steps_per_loop,
+        checkpoint_steps=train.checkpoint_steps or steps_per_epoch,
+        keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
+        images_per_example=2, run_steps=train.run_steps)
+    trainer = Trainer(strategy, model, optimizer, metrics, step_fn, settings)
+    checkpointing.ModelRecord(model_config, num_classes, task,
+                              tuple(source.info.names) if num_classes else (),
+                              source="pretrain").save(train.model_dir)
+    if not trainer.restore() and train.init_checkpoint:
+        logging.info(checkpointing.load_init_weights(model, train.init_checkpoint))
+
+    spec = PairSpec(use_micle=pretrain_config.use_micle, augment=augment,
+                    image_size=model_config.image_size, seed=train.seed,
+                    shuffle_buffer=train.shuffle_buffer)
+
+    def make_dataset(start_step: int):
+        def input_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            per_replica = context.get_per_replica_batch_size(batch)
+            start = start_step * batch // context.num_input_pipelines
+            return pair_dataset(source, split, spec, per_replica, start_example=start,
+                                input_context=context)
+        return strategy.distribute_datasets_from_function(input_fn)
+
+    if trainer.step == 0:
+        _write_sample_views(trainer.writer, source, split, spec)
+    summary = trainer.train(make_dataset)
+    summary.update({"use_micle": pretrain_config.use_micle, "num_train_examples": num_examples,
+                    "example_unit": "case" if pretrain_config.use_micle else "image"})
+    write_json(train.model_dir, SUMMARY_FILE, summary)
+    return summary
+
+
+def _write_sample_views(writer, source: Source, split: str, spec: PairSpec) -> None:
+    """TensorBoard image `augmented_pairs`: the two views of a few pairs side by side."""
+    pairs = next(iter(pair_dataset(source, split, spec, SAMPLE_VIEWS)))
+    side_by_side = tf.concat([pairs["views"][:, 0], pairs["views"][:, 1]], axis=2)
+    with writer.as_default(step=0):
+        tf.summary.image("augmented_pairs", side_by_side, max_outputs=SAMPLE_VIEWS)

@@ -1,0 +1,96 @@
+"""The input of contrastive pretraining: batches of positive pairs of augmented views.
+
+SimCLR: every image once per epoch, two augmentations of it. MICLe: every case bag once per epoch,
+two different images of the bag when it has several (`simclr_med.micle`). A SimCLR image is treated
+as a bag of one, so both share one pair builder.
+
+Each element gets its augmentation seed from its position in the (seeded, shuffled, repeated)
+stream, so a run resumed at step k sees exactly the pairs an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import tensorflow as tf
+
+from simclr_med import augment, micle, preprocess
+from simclr_med.config import AugmentConfig
+from simclr_med.dataset import AUTOTUNE, Source, read_cases, read_images
+
+# Per-image label fields that follow the chosen images into the pair.
+_LABEL_FIELDS = ("class_id", "labels", "label_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSpec:
+    """How pairs are made."""
+
+    use_micle: bool
+    augment: AugmentConfig
+    image_size: int
+    seed: int = 0
+    shuffle_buffer: int = 2048
+    keep_ids: bool = False  # keep case and image ids (strings) in the elements, for inspection
+
+
+def _as_bag(image: dict) -> dict:
+    """A single image as a bag of one."""
+    return {k: v if k in ("case_id", "patient_id") else tf.expand_dims(v, 0)
+            for k, v in image.items()}
+
+
+def _image_at(bag: dict, index: tf.Tensor) -> tf.Tensor:
+    if "encoded" in bag:
+        return preprocess.decode_image(bag["encoded"][index])
+    return tf.image.convert_image_dtype(bag["image"][index], tf.float32)
+
+
+def make_pair(bag: dict, seed: tf.Tensor, spec: PairSpec) -> dict:
+    """Two augmented views of a bag: of two different images when it has several."""
+    pair_seed, seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    count = tf.shape(bag["encoded"] if "encoded" in bag else bag["image"])[0]
+    first, second = micle.choose_pair(count, pair_seed)
+    views = tf.stack([
+        augment.augment_view(_image_at(bag, first), seed1, spec.augment, spec.image_size),
+        augment.augment_view(_image_at(bag, second), seed2, spec.augment, spec.image_size)])
+    indices = tf.stack([first, second])
+    pair = {"views": views, "image_index": indices}
+    pair.update({k: tf.gather(bag[k], indices) for k in _LABEL_FIELDS if k in bag})
+    if spec.keep_ids:
+        pair["image_id"] = tf.gather(bag["image_id"], indices)
+        pair["case_id"] = bag["case_id"]
+    return pair
+
+
+def pair_dataset(source: Source, split: str, spec: PairSpec, batch_size: int, *,
+                 start_example: int = 0,
+                 input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """Endless batches of `batch_size` pairs: `views` [B, 2, S, S, 3], `image_index` [B, 2] and the
+    chosen images' labels (`class_id` [B, 2]; multi-label `labels`, `label_mask` [B, 2, L]).
+
+    `start_example` skips that many pairs of this input pipeline (resuming). Strings are dropped
+    unless `spec.keep_ids`, so the batches can go to any device.
+    """
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    if spec.use_micle:
+        if source.tfds_name:
+            raise ValueError("MICLe needs case bags: use a data_prep build (--data_dir), "
+                             "not a TFDS data set")
+        bags = read_cases(source, split, shuffle_files=True, seed=spec.seed,
+                          input_context=input_context)
+    else:
+        bags = read_images(source, split, shuffle_files=True, seed=spec.seed,
+                           input_context=input_context).map(_as_bag)
+    bags = bags.shuffle(spec.shuffle_buffer, seed=spec.seed, reshuffle_each_iteration=True)
+    pairs = bags.repeat().enumerate().skip(start_example)
+
+    def to_pair(index, bag):
+        seed = tf.stack([tf.constant(spec.seed * 1000 + pipeline, tf.int64), index])
+        return make_pair(bag, seed, spec)
+
+    pairs = pairs.map(to_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if not spec.keep_ids:
+        pairs = pairs.map(lambda p: {k: v for k, v in p.items() if v.dtype != tf.string})
+    return pairs.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)

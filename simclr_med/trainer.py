@@ -1,0 +1,154 @@
+"""The training loop shared by pretraining and fine-tuning.
+
+Several steps run per `tf.function` call (`steps_per_loop`); between calls the loop logs a progress
+line and TensorBoard scalars, checks that the loss is finite (a non-finite loss stops the run before
+anything is saved, so the last good checkpoint stays intact) and checkpoints model, optimizer and
+step with a `tf.train.CheckpointManager`. A run in a folder that already has checkpoints resumes
+from the latest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from simclr_med.checkpointing import make_checkpoint
+from simclr_med.train_metrics import RunningMeans
+
+SUMMARY_FILE = "summary.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    mode: str  # recorded in summary.json: pretrain, finetune, ...
+    model_dir: str
+    total_steps: int
+    steps_per_loop: int
+    checkpoint_steps: int
+    keep_checkpoint_max: int
+    examples_per_step: int  # the global batch
+    images_per_example: int = 1  # 2 for contrastive pairs: the network sees two views
+    run_steps: int = 0  # end this invocation after this many steps (0: run to total_steps)
+
+
+class Trainer:
+    """Runs `step_fn(batch)` in replica context over a distributed dataset, with checkpoints."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer, metrics: RunningMeans,
+                 step_fn: Callable[[Any], None], settings: LoopSettings):
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.metrics = metrics
+        self.settings = settings
+        self._step_fn = step_fn
+        self.checkpoint = make_checkpoint(model, optimizer, optimizer.iterations)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, settings.model_dir, max_to_keep=settings.keep_checkpoint_max,
+            step_counter=optimizer.iterations)
+        self.writer = tf.summary.create_file_writer(settings.model_dir)
+        self._loop_fn = tf.function(self._loop)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def restore(self) -> bool:
+        """Resumes from the folder's latest checkpoint, if any."""
+        latest = self.manager.latest_checkpoint
+        if not latest:
+            return False
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("resumed from %s (step %d)", latest, self.step)
+        return True
+
+    def _loop(self, iterator, steps):
+        for _ in tf.range(steps):
+            self.strategy.run(self._step_fn, args=(next(iterator),))
+
+    def train(self, make_dataset: Callable[[int], Any],
+              on_checkpoint: Optional[Callable[[int], dict]] = None) -> dict:
+        """Trains to `total_steps` (or `run_steps` more) and returns the summary.
+
+        `make_dataset(start_step)` returns the distributed dataset positioned at `start_step`;
+        `on_checkpoint(step)` may return extra scalars (e.g. a k-NN accuracy) to log.
+        """
+        s = self.settings
+        start = self.step
+        stop = s.total_steps if not s.run_steps else min(s.total_steps, start + s.run_steps)
+        iterator = iter(make_dataset(start))
+        results: dict = {}
+        timed_seconds, timed_steps, started = 0.0, 0, time.perf_counter()
+        while self.step < stop:
+            step = self.step
+            to_checkpoint = s.checkpoint_steps - step % s.checkpoint_steps
+            n = min(s.steps_per_loop, stop - step, to_checkpoint)
+            begin = time.perf_counter()
+            self._loop_fn(iterator, tf.constant(n))
+            results = self.metrics.result()
+            seconds = time.perf_counter() - begin
+            self._check_finite(results, step)
+            if step > start or self.step >= stop:  # the first call also traces: not timed
+                timed_seconds, timed_steps = timed_seconds + seconds, timed_steps + n
+            results.update(self._throughput(n, seconds))
+            self.metrics.reset()
+            if self.step % s.checkpoint_steps == 0 or self.step >= stop:
+                self.manager.save(checkpoint_number=self.step)
+                if on_checkpoint:
+                    results.update(on_checkpoint(self.step))
+            self._log(results, timed_seconds / max(timed_steps, 1) * (stop - self.step))
+        summary = {"mode": s.mode, "global_step": self.step, "train_steps": s.total_steps,
+                   "resumed_from_step": start, "checkpoint": self.manager.latest_checkpoint,
+                   "elapsed_seconds": time.perf_counter() - started}
+        summary.update(results)
+        if timed_steps:
+            summary.update(self._throughput(timed_steps, timed_seconds))
+        return summary
+
+    def _throughput(self, steps: int, seconds: float) -> dict:
+        examples = steps * self.settings.examples_per_step / max(seconds, 1e-9)
+        return {"examples_per_second": examples,
+                "images_per_second": examples * self.settings.images_per_example}
+
+    def _check_finite(self, results: dict, loop_start: int) -> None:
+        loss = results.get("loss", 0.0)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss} between steps {loop_start} and {self.step}; nothing was "
+                f"saved after the last good checkpoint ({self.manager.latest_checkpoint}). Lower "
+                "--learning_rate or check the input data.")
+
+    def _log(self, results: dict, eta_seconds: float) -> None:
+        step = self.step
+        learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        weight_norm = float(tf.linalg.global_norm(self.model.trainable_variables))
+        with self.writer.as_default(step=step):
+            for name, value in results.items():
+                tf.summary.scalar(name, value)
+            tf.summary.scalar("learning_rate", learning_rate)
+            tf.summary.scalar("weight_norm", weight_norm)
+        self.writer.flush()
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in results.items() if k != "examples_per_second")
+        eta = datetime.timedelta(seconds=round(eta_seconds))
+        logging.info("[%s] step %d/%d  %s  lr %.4g  ETA %s", self.settings.mode, step,
+                     self.settings.total_steps, shown, learning_rate, eta)
+
+
+def write_json(directory: str, name: str, data: dict) -> None:
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(os.path.join(directory, name), "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
