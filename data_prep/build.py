@@ -1,0 +1,282 @@
+"""Builds case-grouped TFRecord data sets from a folder of images and a metadata table.
+
+    python -m data_prep.build --format=chexpert|nih|ham10000|generic --manifest=CSV \\
+        --image_root=DIR --output_dir=DIR [--num_workers=N] [--on_error=skip|fail] ...
+
+`build_dataset(BuildConfig(...))` does the same from Python and returns the report.
+
+Steps: read the manifest (every row counted) -> drop duplicate images -> refuse paths outside the
+image root and missing files -> group images into cases -> split by patient -> rank the training
+patients for the label fractions -> read, check and encode the images in worker processes, in a
+fixed order -> one record per case into sharded TFRecords -> `dataset_info.json`,
+`label_fractions.json`, `report.json`.
+
+Cases are written in a seeded pseudo-random order (a hash of the case id), so every shard holds a
+mix of patients and classes; identical inputs and flags give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import os
+import stat
+import sys
+import time
+from typing import Callable, Iterator
+
+from absl import app
+from tqdm import tqdm
+
+from data_prep import formats, images, manifest, parallel, splits, writer
+from data_prep.config import BuildConfig
+from data_prep.manifest import ImageRow, ManifestError
+from data_prep.report import REPORT_FILE, BuildError, Ledger, format_summary, save_json
+from simclr_med import schema
+
+LABEL_FRACTIONS_FILE = "label_fractions.json"
+SPLITS = (splits.TRAIN, splits.VALIDATION, splits.TEST)
+
+
+@dataclasses.dataclass
+class _Image:
+    row: ImageRow
+    path: str  # absolute, normalised
+    size: int  # bytes on disk
+
+
+@dataclasses.dataclass
+class _Case:
+    case_id: str
+    patient_id: str
+    split: str
+    images: list[_Image] = dataclasses.field(default_factory=list)
+    rank: float = 1.0
+
+
+@dataclasses.dataclass
+class _SplitTally:
+    """What one split received, per patient: images and cases written."""
+
+    images: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    cases: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    unlabelled_images: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"patients": len(self.images), "cases": sum(self.cases.values()),
+                "images": sum(self.images.values())}
+
+
+def build_dataset(config: BuildConfig) -> dict:
+    """Builds the data set `config` describes; returns the report (also saved as report.json)."""
+    started = time.perf_counter()
+    image_root = os.path.realpath(config.image_root)
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"image root {config.image_root!r} is not a folder")
+    writer.prepare_output_dir(config.output_dir, config.overwrite)
+    ledger = Ledger(config.on_error)
+    source = formats.make_format(config)
+    parsed = manifest.read_manifest(config.manifests, source, config.split_column)
+    ledger.rows_in = parsed.rows_in
+    for skipped in parsed.skips:
+        ledger.skip(skipped.reason, skipped.ref, skipped.detail)
+    rows = _drop_duplicates(parsed.rows, ledger)
+    if config.split_column:
+        split_of = splits.official_splits(rows).__getitem__
+    else:
+        split_of = functools.partial(splits.hash_split, val_fraction=config.val_fraction,
+                                     test_fraction=config.test_fraction, seed=config.split_seed)
+    cases = _group_cases(_locate(rows, image_root, ledger), split_of)
+    ranks = _label_fraction_ranks(cases, source.task, config.split_seed)
+    for case in cases:
+        case.rank = ranks.get(case.patient_id, 1.0)
+    num_labels = len(source.names) if source.task == schema.MULTILABEL else 0
+    tallies, shards, empty_cases = _write_cases(cases, num_labels, config, image_root, ledger)
+
+    split_counts = {split: tallies[split].counts() for split in SPLITS}
+    schema.DatasetInfo(task=source.task, names=list(source.names), split_counts=split_counts,
+                       source_format=config.format).save(config.output_dir)
+    save_json(_label_fractions(cases, tallies[splits.TRAIN], config.split_seed),
+              f"{config.output_dir}/{LABEL_FRACTIONS_FILE}")
+    report = ledger.report(
+        {split: {**split_counts[split], "unlabelled_images": tallies[split].unlabelled_images}
+         for split in SPLITS},
+        time.perf_counter() - started, format=config.format, output_dir=config.output_dir,
+        num_workers=config.workers, empty_cases=empty_cases,
+        shards={split: len(names) for split, names in shards.items()})
+    save_json(report, f"{config.output_dir}/{REPORT_FILE}")
+    return report
+
+
+def _drop_duplicates(rows: list[ImageRow], ledger: Ledger) -> list[ImageRow]:
+    """The first row of each image id and of each path; later ones are skipped as duplicates."""
+    first_ref: dict[str, str] = {}
+    unique = []
+    for row in rows:
+        keys = (f"id:{row.image_id}", f"path:{os.path.normpath(row.path)}")
+        earlier = next((first_ref[key] for key in keys if key in first_ref), None)
+        if earlier:
+            ledger.skip(manifest.DUPLICATE, row.ref, f"image {row.image_id!r} ({row.path}) is "
+                                                     f"already at {earlier}")
+            continue
+        for key in keys:
+            first_ref[key] = row.ref
+        unique.append(row)
+    return unique
+
+
+def _locate(rows: list[ImageRow], image_root: str, ledger: Ledger) -> Iterator[_Image]:
+    """Rows whose path lies inside the image root and names an existing file."""
+    for row in rows:
+        path = os.path.normpath(os.path.join(image_root, row.path))
+        if not images.is_inside(path, image_root):
+            ledger.skip(images.OUTSIDE_ROOT, row.ref, f"{row.path} is outside {image_root}")
+            continue
+        try:
+            status = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            ledger.skip(images.MISSING_FILE, row.ref, f"{row.path} not found in {image_root}")
+            continue
+        except OSError as error:
+            ledger.skip(images.UNREADABLE_FILE, row.ref, f"{row.path}: {error}")
+            continue
+        if not stat.S_ISREG(status.st_mode):
+            ledger.skip(images.MISSING_FILE, row.ref, f"{row.path} is not a file")
+            continue
+        yield _Image(row, path, status.st_size)
+
+
+def _group_cases(located: Iterator[_Image], split_of: Callable[[str], str]) -> list[_Case]:
+    """Cases with their images in image-id order; a case spanning two patients is an error."""
+    cases: dict[str, _Case] = {}
+    conflicts = []
+    for image in located:
+        row = image.row
+        case = cases.get(row.case_id)
+        if case is None:
+            case = cases[row.case_id] = _Case(row.case_id, row.patient_id, split_of(row.patient_id))
+        if case.patient_id != row.patient_id:
+            conflicts.append(f"{row.ref}: case {row.case_id!r} has patient {row.patient_id!r} "
+                             f"here and {case.patient_id!r} before")
+        case.images.append(image)
+    if conflicts:
+        raise ManifestError(f"{len(conflicts)} row(s) put a case under a second patient; a case "
+                            f"belongs to one patient: {'; '.join(conflicts[:5])}")
+    for case in cases.values():
+        case.images.sort(key=lambda image: image.row.image_id)
+    return list(cases.values())
+
+
+def _label_fraction_ranks(cases: list[_Case], task: str, seed: int) -> dict[str, float]:
+    """Ranks of the training patients (see `data_prep.splits`)."""
+    by_patient = collections.defaultdict(list)
+    for case in cases:
+        if case.split == splits.TRAIN:
+            by_patient[case.patient_id].extend(
+                image.row.class_id if task == schema.MULTICLASS
+                else (image.row.labels, image.row.label_mask) for image in case.images)
+    strata = (splits.multiclass_strata(by_patient) if task == schema.MULTICLASS
+              else splits.multilabel_strata(by_patient))
+    return splits.label_fraction_ranks(strata, seed)
+
+
+def _write_cases(cases: list[_Case], num_labels: int, config: BuildConfig, image_root: str,
+                 ledger: Ledger) -> tuple[dict[str, _SplitTally], dict[str, list[str]], int]:
+    """Reads the images in parallel and writes one record per case; returns what was written."""
+    ordered = sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
+        config.split_seed, "order", case.case_id), case.case_id))
+    estimated = collections.Counter()
+    for case in cases:
+        estimated[case.split] += sum(image.size for image in case.images)
+    shard_bytes = int(config.shard_size_mb * 2**20)
+    writers = {split: writer.ShardedWriter(config.output_dir, split, estimated[split], shard_bytes)
+               for split in SPLITS}
+    options = images.ImageOptions(image_root, config.image_size, config.max_image_pixels)
+    outcomes = parallel.ordered_map(functools.partial(images.load_image, options=options),
+                                    (image.path for case in ordered for image in case.images),
+                                    config.workers)
+    tallies = {split: _SplitTally() for split in SPLITS}
+    empty_cases = 0
+    try:
+        with contextlib.closing(outcomes), tqdm(
+                total=sum(len(case.images) for case in cases), unit="image", desc="images",
+                disable=not config.progress, mininterval=1.0) as progress:
+            for case in ordered:
+                entries = _case_entries(case, outcomes, ledger, progress)
+                if not entries:
+                    empty_cases += 1
+                    continue
+                writers[case.split].write(schema.encode_case(schema.Case(
+                    case.case_id, case.patient_id, entries, case.rank), num_labels))
+                ledger.images_written += len(entries)
+                tally = tallies[case.split]
+                tally.images[case.patient_id] += len(entries)
+                tally.cases[case.patient_id] += 1
+                tally.unlabelled_images += sum(
+                    1 for entry in entries if entry.class_id < 0 and not any(entry.label_mask))
+        shards = {split: writers[split].finish() for split in SPLITS}
+    except BaseException:
+        for shard_writer in writers.values():
+            shard_writer.discard()
+        raise
+    return tallies, shards, empty_cases
+
+
+def _case_entries(case: _Case, outcomes: Iterator[images.Outcome], ledger: Ledger,
+                  progress: tqdm) -> list[schema.ImageEntry]:
+    """The case's images that could be read; the others are counted as skipped."""
+    entries = []
+    for image in case.images:
+        outcome = next(outcomes)
+        progress.update()
+        if outcome.reason:
+            ledger.skip(outcome.reason, image.row.ref, outcome.detail)
+            continue
+        row = image.row
+        entries.append(schema.ImageEntry(
+            encoded=outcome.encoded, image_id=row.image_id, view=row.view,
+            class_id=row.class_id, labels=row.labels, label_mask=row.label_mask))
+    return entries
+
+
+def _label_fractions(cases: list[_Case], train: _SplitTally, seed: int) -> dict:
+    """`label_fractions.json`: per standard fraction, the training patients it selects."""
+    ranks = {case.patient_id: case.rank for case in cases if case.patient_id in train.images}
+    fractions = {}
+    for fraction in splits.STANDARD_FRACTIONS:
+        members = splits.fraction_members(ranks, fraction)
+        fractions[str(fraction)] = {
+            "patients": len(members), "cases": sum(train.cases[p] for p in members),
+            "images": sum(train.images[p] for p in members), "patient_ids": members}
+    return {"split": splits.TRAIN, "seed": seed, "train_patients": len(ranks),
+            "selection": "training patients with float32(patient/label_fraction_rank) <= "
+                         "float32(fraction); unlabelled patients have rank 1.0",
+            "fractions": fractions}
+
+
+def _run(argv: list[str], make_config: Callable[[], BuildConfig]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = make_config()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    try:
+        report = build_dataset(config)
+    except (ManifestError, BuildError, FileExistsError, FileNotFoundError) as error:
+        sys.exit(f"data_prep.build: error: {error}")
+    print(format_summary(report))
+
+
+def main() -> None:
+    # Imported here, not at the top, so that importing this module from another program (which
+    # has flags of its own, such as --image_size) defines no flags.
+    from flags import build_flags
+
+    app.run(functools.partial(_run, make_config=build_flags.build_config))
+
+
+if __name__ == "__main__":
+    main()
