@@ -79,6 +79,7 @@ def build_dataset(config: BuildConfig) -> dict:
     ledger = Ledger(config.on_error)
     source = formats.make_format(config)
     parsed = manifest.read_manifest(config.manifests, source, config.split_column)
+    stages = {"read_manifest": time.perf_counter() - started}
     ledger.rows_in = parsed.rows_in
     for skipped in parsed.skips:
         ledger.skip(skipped.reason, skipped.ref, skipped.detail)
@@ -86,14 +87,17 @@ def build_dataset(config: BuildConfig) -> dict:
     if config.split_column:
         split_of = splits.official_splits(rows).__getitem__
     else:
-        split_of = functools.partial(splits.hash_split, val_fraction=config.val_fraction,
-                                     test_fraction=config.test_fraction, seed=config.split_seed)
+        split_of = functools.cache(functools.partial(
+            splits.hash_split, val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction, seed=config.split_seed))
     cases = _group_cases(_locate(rows, image_root, ledger), split_of)
     ranks = _label_fraction_ranks(cases, source.task, config.split_seed)
     for case in cases:
         case.rank = ranks.get(case.patient_id, 1.0)
+    stages["cases_and_splits"] = time.perf_counter() - started - sum(stages.values())
     num_labels = len(source.names) if source.task == schema.MULTILABEL else 0
     tallies, shards, empty_cases = _write_cases(cases, num_labels, config, image_root, ledger)
+    stages["images"] = time.perf_counter() - started - sum(stages.values())
 
     split_counts = {split: tallies[split].counts() for split in SPLITS}
     schema.DatasetInfo(task=source.task, names=list(source.names), split_counts=split_counts,
@@ -105,7 +109,8 @@ def build_dataset(config: BuildConfig) -> dict:
          for split in SPLITS},
         time.perf_counter() - started, format=config.format, output_dir=config.output_dir,
         num_workers=config.workers, empty_cases=empty_cases,
-        shards={split: len(names) for split, names in shards.items()})
+        shards={split: len(names) for split, names in shards.items()},
+        stage_seconds={stage: round(seconds, 3) for stage, seconds in stages.items()})
     save_json(report, f"{config.output_dir}/{REPORT_FILE}")
     return report
 
@@ -165,7 +170,8 @@ def _group_cases(located: Iterator[_Image], split_of: Callable[[str], str]) -> l
         raise ManifestError(f"{len(conflicts)} row(s) put a case under a second patient; a case "
                             f"belongs to one patient: {'; '.join(conflicts[:5])}")
     for case in cases.values():
-        case.images.sort(key=lambda image: image.row.image_id)
+        if len(case.images) > 1:
+            case.images.sort(key=lambda image: image.row.image_id)
     return list(cases.values())
 
 

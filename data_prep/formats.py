@@ -15,7 +15,6 @@ import functools
 import glob
 import os
 import re
-from pathlib import PurePosixPath
 from typing import Iterable
 
 from data_prep import manifest
@@ -38,8 +37,7 @@ HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 NIH_IMAGE_DIRS = ("images", "images_*/images")
 HAM10000_IMAGE_DIRS = ("images", "HAM10000_images", "HAM10000_images_part_*")
 
-_CHEXPERT_PATIENT = re.compile(r"patient\d+")
-_CHEXPERT_STUDY = re.compile(r"study\d+")
+_CHEXPERT_PATIENT_STUDY = re.compile(r"(?:^|/)(patient\d+)/(study\d+)/")
 _UNSAFE_VIEW = re.compile(r"[;=\s]+")
 
 
@@ -128,11 +126,10 @@ class ChexpertFormat:
 
     def parse(self, fields: dict[str, str], ref: str) -> ImageRow:
         path = required(fields, "Path")
-        parts = PurePosixPath(path).parts
-        patient = next((part for part in parts if _CHEXPERT_PATIENT.fullmatch(part)), None)
-        study = next((part for part in parts if _CHEXPERT_STUDY.fullmatch(part)), None)
-        if patient is None or study is None:
-            raise RowRejected(MISSING_VALUE, f"Path {path!r} has no patientNNNNN/studyN folders")
+        folders = _CHEXPERT_PATIENT_STUDY.search(path)
+        if folders is None:
+            raise RowRejected(MISSING_VALUE, f"Path {path!r} has no patientNNNNN/studyN/ folders")
+        patient, study = folders.groups()
         labels, mask = zip(*(self._label(fields[name], name) for name in self.names))
         view = view_string([("frontal_lateral", fields["Frontal/Lateral"]),
                             ("ap_pa", fields["AP/PA"])])
