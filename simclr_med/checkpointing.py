@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+from simclr_med import reference_checkpoint
 from simclr_med.config import ModelConfig
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -91,9 +92,13 @@ def load_init_weights(model, path: str, projection_layers: Optional[int] = None)
     """Starts `model` from another run's backbone and the first `projection_layers` layers of its
     projection head (None: all of them; 0: none). Optimizer, step and supervised head stay fresh.
 
-    `path` is a model folder of this package (a --model_dir or a convert_checkpoint output) or a
-    checkpoint prefix inside one. Returns a one-line description of what was loaded.
+    `path` is a model folder of this package (a --model_dir or a convert_checkpoint output), a
+    checkpoint prefix inside one, or an official SimCLR TF2 checkpoint or SavedModel. Returns a
+    description of what was loaded.
     """
+    if reference_checkpoint.is_reference_checkpoint(path):
+        return str(reference_checkpoint.load_reference_weights(
+            model, path, projection_layers=projection_layers, include_supervised_head=False))
     prefix = resolve_checkpoint(path)
     if prefix is None:
         raise FileNotFoundError(f"--init_checkpoint {path!r}: no checkpoint found there")

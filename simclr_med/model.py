@@ -43,10 +43,17 @@ class SimCLRModel(keras.Model):
             outputs["logits_sup"] = self.supervised_head(features, training=training)
         return outputs
 
+    def build(self, input_shape):
+        self.resnet.build(input_shape)
+        widths = [self.resnet.output_dim] + [l.units for l in self.projection_head.linear_layers]
+        self.projection_head.build((input_shape[0], widths[0]))
+        if self.supervised_head is not None:
+            self.supervised_head.build((input_shape[0], widths[self.config.ft_proj_selector]))
+
     def build_for_image_size(self) -> None:
-        """Creates every variable by running one tiny batch in inference mode."""
+        """Creates every variable (their shapes do not depend on the image size)."""
         size = self.config.image_size
-        self(tf.zeros([1, size, size, 3]), training=False)
+        self.build((None, size, size, 3))
 
 
 def no_decay_variables(model: keras.layers.Layer) -> list:

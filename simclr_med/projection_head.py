@@ -27,6 +27,11 @@ class LinearLayer(keras.layers.Layer):
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
         self.bn = BatchNormRelu(bn, relu=False, center=use_bias) if use_bn else None
 
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        if self.bn:
+            self.bn.build(tuple(input_shape[:-1]) + (self.units,))
+
     def call(self, inputs, training=False):
         outputs = self.dense(inputs)
         return self.bn(outputs, training=training) if self.bn else outputs
@@ -46,6 +51,11 @@ class ProjectionHead(keras.layers.Layer):
             LinearLayer(input_dim, use_bias=True, use_bn=True, bn=bn) if j < num_layers - 1
             else LinearLayer(out_dim, use_bias=False, use_bn=True, bn=bn)
             for j in range(num_layers)])
+
+    def build(self, input_shape):
+        for layer in self.linear_layers:
+            layer.build(input_shape)
+            input_shape = tuple(input_shape[:-1]) + (layer.units,)
 
     def call(self, inputs, training=False):
         hiddens = [inputs]

@@ -18,6 +18,10 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+def _with_channels(shape, channels: int) -> tuple:
+    return tuple(shape[:-1]) + (channels,)
+
+
 # Blocks per group for each depth, and whether the depth uses bottleneck blocks.
 BLOCKS_PER_GROUP = {
     18: (2, 2, 2, 2),
@@ -68,6 +72,9 @@ class BatchNormRelu(keras.layers.Layer):
             axis=-1, momentum=bn.momentum, epsilon=bn.epsilon, center=center, scale=True,
             gamma_initializer="zeros" if init_zero else "ones", synchronized=bn.synchronized)
 
+    def build(self, input_shape):
+        self.bn.build(input_shape)
+
     def call(self, inputs, training=False):
         outputs = self.bn(inputs, training=training)
         return tf.nn.relu(outputs) if self.relu else outputs
@@ -78,11 +85,15 @@ class FixedPaddingConv2D(keras.layers.Layer):
 
     def __init__(self, filters: int, kernel_size: int, strides: int, **kwargs):
         super().__init__(**kwargs)
+        self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
         self.conv = keras.layers.Conv2D(
             filters, kernel_size, strides=strides, padding="same" if strides == 1 else "valid",
             use_bias=False, kernel_initializer=conv_initializer())
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
 
     def call(self, inputs):
         if self.strides > 1:
@@ -100,6 +111,7 @@ class SelectiveKernel(keras.layers.Layer):
                  **kwargs):
         super().__init__(**kwargs)
         mid_dim = max(int(filters * sk_ratio), SK_MIN_DIM)
+        self.filters = filters
         self.branches_conv = FixedPaddingConv2D(2 * filters, 3, strides)
         self.branches_bn = BatchNormRelu(bn)
         self.squeeze_conv = keras.layers.Conv2D(mid_dim, 1, use_bias=False,
@@ -107,6 +119,15 @@ class SelectiveKernel(keras.layers.Layer):
         self.squeeze_bn = BatchNormRelu(bn)
         self.mixing_conv = keras.layers.Conv2D(2 * filters, 1, use_bias=False,
                                                kernel_initializer=conv_initializer())
+
+    def build(self, input_shape):
+        self.branches_conv.build(input_shape)
+        self.branches_bn.build(_with_channels(input_shape, 2 * self.filters))
+        summary_shape = (input_shape[0], 1, 1, self.filters)
+        self.squeeze_conv.build(summary_shape)
+        squeezed = _with_channels(summary_shape, self.squeeze_conv.filters)
+        self.squeeze_bn.build(squeezed)
+        self.mixing_conv.build(squeezed)
 
     def call(self, inputs, training=False):
         branches = self.branches_bn(self.branches_conv(inputs), training=training)
@@ -133,6 +154,10 @@ class Shortcut(keras.layers.Layer):
         self.conv = FixedPaddingConv2D(filters, 1, conv_strides)
         self.bn = BatchNormRelu(bn, relu=False)
 
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(_with_channels(input_shape, self.conv.filters))
+
     def call(self, inputs, training=False):
         if self.resnet_d:
             if self.strides > 1:
@@ -157,6 +182,11 @@ class BasicBlock(keras.layers.Layer):
         self.bn1 = BatchNormRelu(bn)
         self.conv2 = FixedPaddingConv2D(filters, 3, 1)
         self.bn2 = BatchNormRelu(bn, relu=False, init_zero=True)
+
+    def build(self, input_shape):
+        _build_chain(input_shape, [self.conv1, self.bn1, self.conv2, self.bn2])
+        if self.shortcut:
+            self.shortcut.build(input_shape)
 
     def call(self, inputs, training=False):
         shortcut = self.shortcut(inputs, training=training) if self.shortcut else inputs
@@ -186,6 +216,12 @@ class BottleneckBlock(keras.layers.Layer):
         self.conv3 = FixedPaddingConv2D(4 * filters, 1, 1)
         self.bn3 = BatchNormRelu(bn, relu=False, init_zero=True)
 
+    def build(self, input_shape):
+        _build_chain(input_shape, [layer for layer in (self.conv1, self.bn1, self.conv2, self.bn2,
+                                                       self.conv3, self.bn3) if layer is not None])
+        if self.shortcut:
+            self.shortcut.build(input_shape)
+
     def call(self, inputs, training=False):
         shortcut = self.shortcut(inputs, training=training) if self.shortcut else inputs
         x = self.bn1(self.conv1(inputs), training=training)
@@ -206,6 +242,9 @@ class BlockGroup(keras.layers.Layer):
         self.blocks = track_layers(self, "block", [
             block_class(filters, strides if i == 0 else 1, i == 0, sk_ratio, bn)
             for i in range(num_blocks)])
+
+    def build(self, input_shape):
+        _build_chain(input_shape, self.blocks)
 
     def call(self, inputs, training=False):
         for block in self.blocks:
@@ -230,6 +269,9 @@ class Stem(keras.layers.Layer):
             specs = [(filters, 7, 2)]
         self.convs = track_layers(self, "conv", [FixedPaddingConv2D(*spec) for spec in specs])
         self.bns = track_layers(self, "bn", [BatchNormRelu(bn) for _ in specs])
+
+    def build(self, input_shape):
+        _build_chain(input_shape, [layer for pair in zip(self.convs, self.bns) for layer in pair])
 
     def call(self, inputs, training=False):
         x = inputs
@@ -267,6 +309,9 @@ class ResNet(keras.layers.Layer):
             setattr(self, group.name, group)
         self.output_dim = int(512 * width_multiplier) * block_class.expansion
 
+    def build(self, input_shape):
+        _build_chain(input_shape, [self.stem] + self.block_groups)
+
     def call(self, inputs, training=False):
         endpoints = {}
         endpoints["initial_conv"], x = self.stem(inputs, training=training)
@@ -276,3 +321,28 @@ class ResNet(keras.layers.Layer):
             endpoints[f"block_group{g + 1}"] = x
         endpoints["final_avg_pool"] = tf.reduce_mean(x, axis=[1, 2])
         return endpoints
+
+
+def output_channels(layer: keras.layers.Layer, input_channels: int) -> int:
+    """Channels a layer of this module outputs (spatial sizes do not matter for building)."""
+    if isinstance(layer, (FixedPaddingConv2D, SelectiveKernel)):
+        return layer.filters
+    if isinstance(layer, (BasicBlock, BottleneckBlock)):
+        return layer.conv2.filters if isinstance(layer, BasicBlock) else layer.conv3.filters
+    if isinstance(layer, BlockGroup):
+        return output_channels(layer.blocks[-1], input_channels)
+    if isinstance(layer, Stem):
+        return layer.convs[-1].filters
+    return input_channels  # batch norm and activations keep the channel count
+
+
+def _build_chain(input_shape, layers: list) -> None:
+    """Builds layers applied one after another from their shapes, without tracing `call`.
+
+    Keras 3 builds a custom layer that has no `build` by running its `call` symbolically, which
+    for a deep ResNet repeats the trace at every level of nesting: seconds per model.
+    """
+    shape = tuple(input_shape)
+    for layer in layers:
+        layer.build(shape)
+        shape = _with_channels(shape, output_channels(layer, shape[-1]))
