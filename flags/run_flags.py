@@ -42,6 +42,8 @@ flags.DEFINE_enum("proj_head_mode", "nonlinear", ["none", "linear", "nonlinear"]
                   "Projection head type.")
 flags.DEFINE_integer("num_proj_layers", 3, "Layers of a nonlinear projection head (paper: 2).")
 flags.DEFINE_integer("proj_out_dim", 128, "Output dimension of the projection head.")
+flags.DEFINE_float("eval_crop_proportion", 0.875, "Evaluation/serving input: central crop of "
+                   "this proportion of the shorter side, resized to --image_size.")
 flags.DEFINE_integer("ft_proj_selector", 0,
                      "Projection-head layer feeding the supervised head (0 = backbone output).")
 

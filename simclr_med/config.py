@@ -25,6 +25,9 @@ class ModelConfig:
     proj_out_dim: int = 128
     # Which projection-head layer feeds the supervised head: 0 = backbone output.
     ft_proj_selector: int = 0
+    # Evaluation and serving input: central crop of this proportion of the shorter side, then
+    # resize to image_size (SimCLR's evaluation preprocessing; 1.0 keeps the largest square).
+    eval_crop_proportion: float = 0.875
 
     def __post_init__(self) -> None:
         if self.proj_head_mode not in ("none", "linear", "nonlinear"):

@@ -38,3 +38,36 @@ def simclr_tf2_fixtures() -> pathlib.Path:
     if not path.is_dir():
         pytest.skip(f"SimCLR TF2 fixtures not found at {path}: set SIMCLR_MED_FIXTURES")
     return path
+
+
+def _build(tmp_path_factory, name: str, **kwargs) -> pathlib.Path:
+    from data_prep.build import build_dataset
+    from data_prep.config import BuildConfig
+
+    output = tmp_path_factory.mktemp(name) / "build"
+    build_dataset(BuildConfig(output_dir=str(output), num_workers=1, progress=False, **kwargs))
+    return output
+
+
+@pytest.fixture(scope="session")
+def nih_build(real_data, tmp_path_factory) -> pathlib.Path:
+    """The NIH ChestX-ray14 subset built with `--format=nih` from NIH's official table."""
+    folder = real_data / paths.NIH_FOLDER
+    return _build(tmp_path_factory, "nih", format="nih", image_root=str(folder),
+                  manifests=(str(folder / "Data_Entry_2017_v2020.csv.gz"),))
+
+
+@pytest.fixture(scope="session")
+def ham_build(real_data, tmp_path_factory) -> pathlib.Path:
+    """The HAM10000 subset built with `--format=ham10000` from the official metadata."""
+    folder = real_data / paths.HAM_FOLDER
+    return _build(tmp_path_factory, "ham", format="ham10000", image_root=str(folder),
+                  manifests=(str(folder / "HAM10000_metadata.csv"),))
+
+
+@pytest.fixture(scope="session")
+def synthetic_build(tmp_path_factory) -> pathlib.Path:
+    """The built-in synthetic data set (what run.py uses without --data_dir)."""
+    from simclr_med import synthetic
+
+    return pathlib.Path(synthetic.default_build(str(tmp_path_factory.mktemp("synthetic"))))
