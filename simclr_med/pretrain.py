@@ -21,7 +21,7 @@ from simclr_med.model import SimCLRModel, no_decay_variables
 from simclr_med.optimizers import build_optimizer
 from simclr_med.pretrain_input import PairSpec, pair_dataset
 from simclr_med.train_metrics import RunningMeans
-from simclr_med.trainer import SUMMARY_FILE, LoopSettings, Trainer, write_json
+from simclr_med.trainer import LoopSettings, Trainer, write_json
 
 SAMPLE_VIEWS = 8  # pairs shown in TensorBoard
 
@@ -115,9 +115,10 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
         images_per_example=2, run_steps=train.run_steps)
     trainer = Trainer(strategy, model, optimizer, metrics, step_fn, settings)
-    checkpointing.ModelRecord(model_config, num_classes, task,
-                              tuple(source.info.names) if num_classes else (),
-                              source="pretrain").save(train.model_dir)
+    if trainer.chief:
+        checkpointing.ModelRecord(model_config, num_classes, task,
+                                  tuple(source.info.names) if num_classes else (),
+                                  source="pretrain").save(train.model_dir)
     if not trainer.restore() and train.init_checkpoint:
         logging.info(checkpointing.load_init_weights(model, train.init_checkpoint))
 
@@ -138,7 +139,7 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
     summary = trainer.train(make_dataset)
     summary.update({"use_micle": pretrain_config.use_micle, "num_train_examples": num_examples,
                     "example_unit": "case" if pretrain_config.use_micle else "image"})
-    write_json(train.model_dir, SUMMARY_FILE, summary)
+    write_json(train.model_dir, trainer.summary_file, summary)
     return summary
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -44,8 +47,41 @@ class LoopSettings:
     run_steps: int = 0  # end this invocation after this many steps (0: run to total_steps)
 
 
+def worker_id(strategy: tf.distribute.Strategy) -> int | None:
+    """This process's task index in a multi-worker cluster; None when training alone."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return None
+    return int(resolver.task_id)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints and summaries (worker 0, or the `chief` task)."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def weights_fingerprint(variables: list) -> str:
+    """SHA-256 of the variables' values in path order: equal only for bit-identical weights."""
+    digest = hashlib.sha256()
+    for variable in sorted(variables, key=lambda v: v.path):
+        digest.update(variable.path.encode())
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()
+
+
 class Trainer:
-    """Runs `step_fn(batch)` in replica context over a distributed dataset, with checkpoints."""
+    """Runs `step_fn(batch)` in replica context over a distributed dataset, with checkpoints.
+
+    In a multi-worker cluster every worker restores from `model_dir`, but only the chief writes
+    there (checkpoints, TensorBoard); the others save to a temporary folder, removed at the end, as
+    the collective save protocol requires every worker to take part.
+    """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                  optimizer: keras.optimizers.Optimizer, metrics: RunningMeans,
@@ -56,20 +92,29 @@ class Trainer:
         self.metrics = metrics
         self.settings = settings
         self._step_fn = step_fn
+        self.chief = is_chief(strategy)
+        self.worker = worker_id(strategy)
+        save_dir = settings.model_dir if self.chief else tempfile.mkdtemp(prefix="worker_ckpt_")
         self.checkpoint = make_checkpoint(model, optimizer, optimizer.iterations)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, settings.model_dir, max_to_keep=settings.keep_checkpoint_max,
+            self.checkpoint, save_dir, max_to_keep=settings.keep_checkpoint_max,
             step_counter=optimizer.iterations)
-        self.writer = tf.summary.create_file_writer(settings.model_dir)
+        self.writer = (tf.summary.create_file_writer(settings.model_dir) if self.chief
+                       else tf.summary.create_noop_writer())
         self._loop_fn = tf.function(self._loop)
+
+    @property
+    def summary_file(self) -> str:
+        """`summary.json` for the chief, `summary_worker<i>.json` for the other workers."""
+        return SUMMARY_FILE if self.chief else f"summary_worker{self.worker}.json"
 
     @property
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
     def restore(self) -> bool:
-        """Resumes from the folder's latest checkpoint, if any."""
-        latest = self.manager.latest_checkpoint
+        """Resumes from the latest checkpoint in `model_dir`, if any."""
+        latest = tf.train.latest_checkpoint(self.settings.model_dir)
         if not latest:
             return False
         self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -112,8 +157,12 @@ class Trainer:
                     results.update(on_checkpoint(self.step))
             self._log(results, timed_seconds / max(timed_steps, 1) * (stop - self.step))
         summary = {"mode": s.mode, "global_step": self.step, "train_steps": s.total_steps,
-                   "resumed_from_step": start, "checkpoint": self.manager.latest_checkpoint,
-                   "elapsed_seconds": time.perf_counter() - started}
+                   "resumed_from_step": start,
+                   "checkpoint": tf.train.latest_checkpoint(s.model_dir),
+                   "elapsed_seconds": time.perf_counter() - started,
+                   "weights_sha256": weights_fingerprint(self.model.variables)}
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
         summary.update(results)
         if timed_steps:
             summary.update(self._throughput(timed_steps, timed_seconds))
