@@ -183,7 +183,7 @@ def test_identical_for_two_workers_and_shuffled_rows(built, data_set, tmp_path):
 def test_on_error_fail_names_the_row_and_leaves_no_shard(data_set, tmp_path):
     root, lines = data_set
     with pytest.raises(BuildError, match=r"subset.csv:7: corrupt_image: .*garbage.png"):
-        build_dataset(_config(root, tmp_path, on_error="fail", manifests=(
+        build_dataset(_config(root, tmp_path, on_error="fail", num_workers=2, manifests=(
             str(_subset_manifest(tmp_path, lines[:5] + lines[-12:-11])),)))
     assert not [name for name in os.listdir(tmp_path) if "tfrecord" in name]
 
