@@ -116,3 +116,4 @@ def default_build(root: str | None = None, num_workers: int = 1) -> str:
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return os.path.join(target, "build")
+
