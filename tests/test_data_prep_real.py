@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 
 import numpy as np
 import pytest
@@ -43,17 +44,14 @@ def _patients_disjoint(cases: dict[str, list[dict]]) -> int:
 
 
 @pytest.fixture(scope="module")
-def nih(real_data, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("nih")
-    return output_dir, _build(real_data, paths.NIH_FOLDER, "nih", "Data_Entry_2017_v2020.csv.gz",
-                              output_dir, num_workers=2)
+def nih(nih_build):
+    """The session's NIH build from the official table (tests/conftest.py) and its report."""
+    return nih_build, json.loads((nih_build / "report.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def ham(real_data, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("ham")
-    return output_dir, _build(real_data, paths.HAM_FOLDER, "ham10000", "HAM10000_metadata.csv",
-                              output_dir, num_workers=1)
+def ham(ham_build):
+    return ham_build, json.loads((ham_build / "report.json").read_text())
 
 
 def test_nih_official_table(nih, real_data):
@@ -79,7 +77,7 @@ def test_nih_flat_manifest_gives_the_same_records(nih, real_data, tmp_path):
     report = _build(real_data, paths.NIH_FOLDER, "generic", "metadata.csv", tmp_path,
                     image_id_column="image_id", case_column="patient_id",
                     label_columns=formats.NIH_FINDINGS, view_columns=("view_position",),
-                    num_workers=1)
+                    num_workers=2)
     assert (report["rows_in"], report["images_written"], report["skipped"]) == (1000, 1000, {})
     assert _shards(tmp_path) == _shards(output_dir)
 
