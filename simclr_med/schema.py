@@ -101,7 +101,7 @@ def encode_case(case: Case, num_labels: int = 0) -> bytes:
         IMAGE_LABEL_MASK: _floats(masks),
     }
     example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 _FEATURES = {
