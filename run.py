@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from flags import run_flags
+from flags import finetune_flags, run_flags
 from simclr_med import dataset, strategy, synthetic
 from simclr_med.config import DataConfig
+from simclr_med.evaluate import evaluate, format_metrics_table
+from simclr_med.finetune import finetune
+from simclr_med.linear_eval import KnnMonitor, linear_eval, load_encoder
 from simclr_med.pretrain import pretrain
 from simclr_med.trainer import write_json
 
 FLAGS = flags.FLAGS
 flags.mark_flag_as_required("model_dir")
+
+TRAINING_MODES = ("pretrain", "finetune", "train_then_eval")
 
 
 def open_source(data: DataConfig) -> dataset.Source:
@@ -38,14 +43,35 @@ def main(argv: list[str]) -> None:
     distribution = strategy.build_strategy(run_flags.strategy_config())
     source = open_source(run_flags.data_config())
     train = run_flags.train_config()
-    write_json(train.model_dir, "flags.json", run_flags.flag_values())
+    # Evaluation modes keep the training run's flags.json and write flags_<mode>.json.
+    write_json(train.model_dir,
+               "flags.json" if FLAGS.mode in TRAINING_MODES else f"flags_{FLAGS.mode}.json",
+               {**run_flags.flag_values(), **finetune_flags.flag_values()})
     if FLAGS.mode == "pretrain":
+        monitor = (KnnMonitor(source, finetune_flags.linear_eval_config(FLAGS.monitor_max_images))
+                   if FLAGS.monitor == "knn" else None)
         summary = pretrain(run_flags.model_config(), run_flags.optim_config(),
                            run_flags.augment_config(), source, train, run_flags.pretrain_config(),
-                           distribution, split=FLAGS.train_split)
+                           distribution, split=FLAGS.train_split, monitor=monitor)
         print(f"pretraining done: step {summary['global_step']}, loss {summary['loss']:.4f}, "
               f"{summary.get('images_per_second', float('nan')):.1f} images/s; "
               f"results in {train.model_dir}")
+    if FLAGS.mode in ("finetune", "train_then_eval"):
+        summary = finetune(run_flags.model_config(), run_flags.optim_config(),
+                           finetune_flags.augment_config(), source, train,
+                           finetune_flags.finetune_config(), distribution, split=FLAGS.train_split)
+        print(f"fine-tuning done: step {summary['global_step']}, loss {summary['loss']:.4f}; "
+              f"best validation {summary['best_metric']} {summary['best_value']} at step "
+              f"{summary['best_step']}; results in {train.model_dir}")
+    if FLAGS.mode in ("eval", "train_then_eval"):
+        print(format_metrics_table(evaluate(train.model_dir, source, FLAGS.eval_split,
+                                            finetune_flags.eval_config())))
+    if FLAGS.mode == "linear_eval":
+        model, weights, step = load_encoder(train.model_dir, train.init_checkpoint,
+                                            run_flags.model_config(), FLAGS.eval_checkpoint)
+        print(format_metrics_table(linear_eval(
+            model, source, finetune_flags.linear_eval_config(), finetune_flags.eval_config(),
+            train.model_dir, checkpoint=weights, global_step=step)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from simclr_med.config import (AugmentConfig, DataConfig, ModelConfig, OptimConf
 
 FLAGS = flags.FLAGS
 
-MODES = ["pretrain"]
+MODES = ["pretrain", "finetune", "eval", "linear_eval", "train_then_eval"]
 
 flags.DEFINE_enum("mode", "pretrain", MODES, "What to run.")
 flags.DEFINE_string("model_dir", None, "Folder of checkpoints, summaries and results.")
@@ -117,9 +117,10 @@ def optim_config() -> OptimConfig:
     return OptimConfig(**_fields(OptimConfig))
 
 
-def augment_config() -> AugmentConfig:
+def augment_config(preset: str = "") -> AugmentConfig:
+    """The `preset` (default: --augmentation) with the augmentation flags that are set."""
     overrides = {k: v for k, v in _fields(AugmentConfig).items() if v is not None}
-    return augment.preset(FLAGS.augmentation, **overrides)
+    return augment.preset(preset or FLAGS.augmentation, **overrides)
 
 
 def strategy_config() -> StrategyConfig:

@@ -7,7 +7,9 @@ has labels, a linear probe on stop-gradient features tracks representation quali
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -21,7 +23,7 @@ from simclr_med.model import SimCLRModel, no_decay_variables
 from simclr_med.optimizers import build_optimizer
 from simclr_med.pretrain_input import PairSpec, pair_dataset
 from simclr_med.train_metrics import RunningMeans
-from simclr_med.trainer import LoopSettings, Trainer, write_json
+from simclr_med.trainer import LoopSettings, Trainer, distributed_input, write_json
 
 SAMPLE_VIEWS = 8  # pairs shown in TensorBoard
 
@@ -71,8 +73,13 @@ def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperatur
 
 def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
              source: Source, train: TrainConfig, pretrain_config: PretrainConfig,
-             strategy: tf.distribute.Strategy, split: str = "train") -> dict:
-    """Pretrains in `train.model_dir` (resuming if it holds checkpoints); returns the summary."""
+             strategy: tf.distribute.Strategy, split: str = "train",
+             monitor: Optional[Callable[[SimCLRModel], Callable[[int], dict]]] = None) -> dict:
+    """Pretrains in `train.model_dir` (resuming if it holds checkpoints); returns the summary.
+
+    `monitor(model)`, e.g. a `linear_eval.KnnMonitor`, gives a hook run at every checkpoint whose
+    scores are logged with the training metrics.
+    """
     seed_everything(train.seed, train.deterministic)
     unit = "cases" if pretrain_config.use_micle else "images"
     num_examples = source.num_examples(split, unit)
@@ -126,17 +133,11 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
                     image_size=model_config.image_size, seed=train.seed,
                     shuffle_buffer=train.shuffle_buffer)
 
-    def make_dataset(start_step: int):
-        def input_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            per_replica = context.get_per_replica_batch_size(batch)
-            start = start_step * batch // context.num_input_pipelines
-            return pair_dataset(source, split, spec, per_replica, start_example=start,
-                                input_context=context)
-        return strategy.distribute_datasets_from_function(input_fn)
-
+    make_dataset = distributed_input(strategy, batch,
+                                     functools.partial(pair_dataset, source, split, spec))
     if trainer.step == 0:
         _write_sample_views(trainer.writer, source, split, spec)
-    summary = trainer.train(make_dataset)
+    summary = trainer.train(make_dataset, on_checkpoint=monitor(model) if monitor else None)
     summary.update({"use_micle": pretrain_config.use_micle, "num_train_examples": num_examples,
                     "example_unit": "case" if pretrain_config.use_micle else "image"})
     write_json(train.model_dir, trainer.summary_file, summary)

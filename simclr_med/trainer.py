@@ -197,6 +197,22 @@ class Trainer:
                      self.settings.total_steps, shown, learning_rate, eta)
 
 
+def distributed_input(strategy: tf.distribute.Strategy, global_batch: int,
+                      make: Callable[..., tf.data.Dataset]) -> Callable[[int], Any]:
+    """The `make_dataset(start_step)` of `Trainer.train` for a resumable input function.
+
+    Every input pipeline calls `make(per_replica_batch, start_example=n, input_context=context)`,
+    where n is its share of the examples of the first `start_step` steps (skipped on resuming).
+    """
+    def make_dataset(start_step: int):
+        def input_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            per_replica = context.get_per_replica_batch_size(global_batch)
+            start = start_step * global_batch // context.num_input_pipelines
+            return make(per_replica, start_example=start, input_context=context)
+        return strategy.distribute_datasets_from_function(input_fn)
+    return make_dataset
+
+
 def write_json(directory: str, name: str, data: dict) -> None:
     tf.io.gfile.makedirs(directory)
     with tf.io.gfile.GFile(os.path.join(directory, name), "w") as f:

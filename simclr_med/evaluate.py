@@ -1,0 +1,281 @@
+"""Evaluation of a trained model on any split of any data set: predictions, metrics with patient
+bootstrap intervals, plots.
+
+The model comes from a model folder (`model_config.json` + checkpoints: a fine-tuning run, or a
+pretraining run with its linear probe). The data set may be another one than the model was trained
+on (distribution shift): multi-label outputs are matched to the data set's labels through
+`simclr_med.label_mapping` and only the shared labels are evaluated; multi-class data must use
+(a subset of) the model's classes.
+
+Files written to the output folder (INTERFACE.md): `eval_<split>.json`, `predictions_<split>.csv`,
+`roc_<split>.png` and, multi-class, `confusion_matrix_<split>.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from scipy import special
+
+from simclr_med import checkpointing, label_mapping, metrics, plots, schema
+from simclr_med.dataset import Source
+from simclr_med.finetune_input import LABEL_FIELDS, evaluation_dataset
+from simclr_med.model import SimCLRModel
+from simclr_med.trainer import write_json
+
+BEST_DIR = "best"  # where fine-tuning keeps its best checkpoint (a complete model folder)
+CHECKPOINT_CHOICES = ("auto", "best", "latest")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+    batch_size: int = 256
+    checkpoint: str = "auto"  # auto (best if kept, else latest) | best | latest | a prefix
+    plots: bool = True
+    output_dir: str = ""  # where the files go; "" = the model folder
+
+
+@dataclasses.dataclass
+class ImageOutputs:
+    """Per-image model outputs of one split, in reading order, with ids and ground truth."""
+
+    image_id: np.ndarray
+    patient_id: np.ndarray
+    outputs: dict[str, np.ndarray]
+    truth: dict[str, np.ndarray]  # class_id [N]; or labels, label_mask [N, L]
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_id)
+
+
+class Predictor:
+    """Runs a model in inference mode over evaluation batches (one trace, reused)."""
+
+    def __init__(self, model: SimCLRModel, endpoints: Sequence[str] = ("logits_sup",)):
+        size = model.config.image_size
+        self.endpoints = tuple(endpoints)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        def run(images):
+            outputs = model(images, training=False)
+            return {k: tf.cast(outputs[k], tf.float32) for k in self.endpoints}
+
+        self._run = run
+
+    def __call__(self, dataset: tf.data.Dataset) -> ImageOutputs:
+        collected: dict[str, list] = {}
+        for batch in dataset:
+            values = {k: v.numpy() for k, v in self._run(batch["image"]).items()}
+            values.update({k: batch[k].numpy() for k in ("image_id", "patient_id", *LABEL_FIELDS)
+                           if k in batch})
+            for key, value in values.items():
+                collected.setdefault(key, []).append(value)
+        joined = {k: np.concatenate(v) for k, v in collected.items()}
+        if not joined:
+            raise ValueError("the evaluation split holds no images")
+        return ImageOutputs(
+            image_id=np.char.decode(joined["image_id"].astype(bytes)),
+            patient_id=np.char.decode(joined["patient_id"].astype(bytes)),
+            outputs={k: joined[k] for k in self.endpoints},
+            truth={k: joined[k] for k in LABEL_FIELDS if k in joined})
+
+
+def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
+    """Softmax (multi-class) or sigmoid (multi-label), in float64."""
+    logits = logits.astype(np.float64)
+    return special.softmax(logits, axis=1) if task == schema.MULTICLASS else special.expit(logits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """How a model's outputs meet a data set's labels."""
+
+    task: str
+    names: tuple[str, ...]  # evaluated classes (the model's) or labels (the data set's names)
+    model_columns: tuple[int, ...]  # the model outputs used, one per name
+    data_columns: tuple[int, ...]  # multi-class: data class id -> model class id; else label columns
+    renamed: dict[str, str]  # data set name -> model name, where they differ
+    not_evaluated: dict[str, list[str]]  # {"model": [...], "data": [...]}
+
+
+def align(model_task: str, model_names: Sequence[str], data: schema.DatasetInfo) -> Alignment:
+    """Matches a model's classes or labels to a data set's; raises when nothing can be compared."""
+    if model_task != data.task:
+        raise ValueError(f"the model is {model_task} ({', '.join(model_names)}) but the data set "
+                         f"is {data.task} ({', '.join(data.names)}): they cannot be compared")
+    matches = label_mapping.match_labels(model_names, data.names)
+    renamed = {m.data_name: m.model_name for m in matches if m.data_name != m.model_name}
+    unmatched_data = [n for n in data.names if n not in {m.data_name for m in matches}]
+    unmatched_model = [n for n in model_names if n not in {m.model_name for m in matches}]
+    if model_task == schema.MULTICLASS:
+        if unmatched_data:
+            raise ValueError(f"data set classes {unmatched_data} are not among the model's "
+                             f"classes {list(model_names)} (matched through "
+                             "simclr_med.label_mapping): multi-class evaluation needs them all")
+        return Alignment(model_task, tuple(model_names), tuple(range(len(model_names))),
+                         tuple(m.model_index for m in matches), renamed,
+                         {"model": unmatched_model, "data": []})
+    if not matches:
+        raise ValueError(f"the model's labels {list(model_names)} and the data set's "
+                         f"{list(data.names)} share none (see simclr_med.label_mapping)")
+    return Alignment(model_task, tuple(m.data_name for m in matches),
+                     tuple(m.model_index for m in matches), tuple(m.data_index for m in matches),
+                     renamed, {"model": unmatched_model, "data": unmatched_data})
+
+
+def aligned(predicted: ImageOutputs, alignment: Alignment,
+            logits_key: str = "logits_sup") -> tuple[metrics.Targets, np.ndarray]:
+    """(targets, probabilities [N, names]) of the evaluated classes or labels."""
+    probs = probabilities(predicted.outputs[logits_key], alignment.task)
+    probs = probs[:, list(alignment.model_columns)]
+    if alignment.task == schema.MULTICLASS:
+        class_id = predicted.truth["class_id"]
+        remap = np.asarray(alignment.data_columns + (-1,))  # index -1 keeps unlabelled at -1
+        return metrics.Targets(alignment.task, alignment.names, class_id=remap[class_id]), probs
+    columns = list(alignment.data_columns)
+    return metrics.Targets(alignment.task, alignment.names,
+                           labels=predicted.truth["labels"][:, columns],
+                           label_mask=predicted.truth["label_mask"][:, columns]), probs
+
+
+def inference_checkpoint(model_dir: str, which: str = "auto") -> str:
+    """The checkpoint prefix evaluation (and export) should use.
+
+    `auto`: the best checkpoint of a fine-tuning run (`<model_dir>/best/`) when it kept one,
+    else the latest checkpoint in `model_dir`. `best`, `latest`, or a checkpoint prefix / folder.
+    """
+    if which in CHECKPOINT_CHOICES:
+        best = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_DIR))
+        latest = tf.train.latest_checkpoint(model_dir)
+        chosen = {"auto": best or latest, "best": best, "latest": latest}[which]
+    else:
+        chosen = checkpointing.resolve_checkpoint(which)
+    if chosen is None:
+        raise FileNotFoundError(f"no {which!r} checkpoint in {model_dir!r}")
+    return chosen
+
+
+def load_model(model_dir: str, which: str = "auto") -> tuple[SimCLRModel,
+                                                              checkpointing.ModelRecord, str, int]:
+    """(model with its supervised head, its record, checkpoint prefix, global step)."""
+    record = checkpointing.ModelRecord.load(model_dir)
+    if not record.num_classes:
+        raise ValueError(f"{model_dir!r} holds a model without a supervised head (a pretraining "
+                         "run without labels): fine-tune it first, or use --mode=linear_eval")
+    model = SimCLRModel(record.model, record.num_classes, stop_gradient_to_head=False)
+    model.build_for_image_size()
+    prefix = inference_checkpoint(model_dir, which)
+    return model, record, prefix, restore(model, prefix)
+
+
+def restore(model: SimCLRModel, prefix: str) -> int:
+    """Restores every variable of `model` (optimizer state is ignored); returns the step."""
+    step = tf.Variable(0, dtype=tf.int64)
+    status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+    return int(step.numpy())
+
+
+def evaluate(model_dir: str, source: Source, split: str,
+             config: EvalConfig = EvalConfig()) -> dict:
+    """Evaluates the model of `model_dir` on `split` of `source`; writes the files (into
+    `config.output_dir`, default `model_dir`) and returns the eval json."""
+    output_dir = config.output_dir or model_dir
+    model, record, prefix, step = load_model(model_dir, config.checkpoint)
+    alignment = align(record.task, record.class_names, source.info)
+    dataset = evaluation_dataset(source, split, record.model.image_size,
+                                 record.model.eval_crop_proportion, config.batch_size)
+    predicted = Predictor(model)(dataset)
+    targets, probs = aligned(predicted, alignment)
+    result = report(targets, probs, predicted.patient_id, config, split=split,
+                    data_dir=source.data_dir or f"tfds:{source.tfds_name}", global_step=step,
+                    checkpoint=prefix, alignment=alignment)
+    write_json(output_dir, f"eval_{split}.json", result)
+    write_predictions(os.path.join(output_dir, f"predictions_{split}.csv"), predicted.image_id,
+                      predicted.patient_id, targets, probs)
+    if config.plots:
+        plots.write_all(output_dir, split, targets, probs, data_title(source, split))
+    if alignment.renamed or any(alignment.not_evaluated.values()):
+        logging.info("evaluated the labels shared by model and data set: %s (renamed: %s; not "
+                     "evaluated: %s)", ", ".join(alignment.names), alignment.renamed,
+                     alignment.not_evaluated)
+    return result
+
+
+def data_title(source: Source, split: str) -> str:
+    """`<split> split of <parent>/<folder>` of the data set, for plot titles."""
+    if source.tfds_name:
+        return f"{split} split of TFDS {source.tfds_name}"
+    parts = os.path.normpath(source.data_dir).split(os.sep)
+    return f"{split} split of {'/'.join(parts[-2:])}"
+
+
+def report(targets: metrics.Targets, probs: np.ndarray, patient_id: np.ndarray,
+           config: EvalConfig, *, split: str, data_dir: str, global_step: int,
+           checkpoint: str, alignment: Optional[Alignment] = None) -> dict:
+    """The eval json: INTERFACE.md's fields, then how the figures were obtained."""
+    labelled = targets.labelled()
+    result = {
+        "split": split, "data_dir": data_dir, "global_step": global_step,
+        "num_images": int(targets.num_images),
+        "num_patients": int(len(np.unique(patient_id))),
+        "metrics": metrics.with_intervals(targets, probs, patient_id, config.bootstrap_samples,
+                                          config.bootstrap_seed),
+        "task": targets.task, "checkpoint": checkpoint,
+        "num_labelled_images": int(labelled.sum()),
+        "num_labelled_patients": int(len(np.unique(patient_id[labelled]))),
+        "undefined_metrics": metrics.undefined_metrics(targets, probs),
+        "bootstrap": {"samples": config.bootstrap_samples, "seed": config.bootstrap_seed,
+                      "unit": "patient", "interval": "percentile", "level": metrics.CI_LEVEL},
+    }
+    if alignment is not None:
+        result.update({"evaluated": list(alignment.names), "renamed": alignment.renamed,
+                       "not_evaluated": alignment.not_evaluated})
+    return result
+
+
+def write_predictions(path: str, image_id: np.ndarray, patient_id: np.ndarray,
+                      targets: metrics.Targets, probs: np.ndarray) -> None:
+    """`predictions_<split>.csv`: ids, ground truth and probabilities at full precision."""
+    names = targets.names
+    if targets.task == schema.MULTICLASS:
+        header = ["label"]
+        truth = [[names[c] if c >= 0 else ""] for c in targets.class_id]
+    else:
+        header = [f"label/{n}" for n in names]
+        truth = [[(str(int(v)) if m > 0 else "") for v, m in zip(values, mask)]
+                 for values, mask in zip(targets.labels, targets.label_mask)]
+    with tf.io.gfile.GFile(path, "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "patient_id", *header, *(f"prob/{n}" for n in names)])
+        for i in range(len(image_id)):
+            writer.writerow([image_id[i], patient_id[i], *truth[i], *map(repr, probs[i].tolist())])
+
+
+def format_metrics_table(result: dict) -> str:
+    """The metrics of an eval json as a table with their 95% intervals, headline metrics first."""
+    head = (f"{result['split']} of {result['data_dir']}: {result['num_images']} images, "
+            f"{result['num_patients']} patients, step {result['global_step']}")
+    rows = sorted(result["metrics"].items(),  # linear before knn/, overall before per-class
+                  key=lambda item: (item[0].startswith("knn/"), "auc/" in item[0], item[0]))
+    width = max([len("metric")] + [len(name) for name, _ in rows])
+    lines = [head, f"{'metric':<{width}}  value   95% CI"]
+    for name, entry in rows:
+        low, high = entry["ci95"]
+        lines.append(f"{name:<{width}}  {entry['value']:.3f}   [{low:.3f}, {high:.3f}]")
+    for name, reason in result.get("undefined_metrics", {}).items():
+        lines.append(f"{name:<{width}}  n/a     ({reason})")
+    if result.get("renamed") or any(result.get("not_evaluated", {}).values()):
+        lines.append(f"labels evaluated: {', '.join(result['evaluated'])}; renamed (data -> "
+                     f"model): {result['renamed']}; not evaluated: {result['not_evaluated']}")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Fine-tuning (stage 3 of the paper): a supervised head trained through the backbone.
+
+Starts from `--init_checkpoint` (a pretraining run of this package, or an official SimCLR
+checkpoint) or from random weights. The supervised head is new and sits on layer
+`ft_proj_selector` of the projection head (0: the backbone output, i.e. the head dropped), as
+SimCLRv2; the projection layers above it take no part and stay frozen. With
+`fine_tune_after_block = k >= 0` the stem and the first k block groups are frozen, batch-norm
+statistics included: a frozen layer runs its batch norm in inference mode (Keras 3 semantics of
+`trainable = False`), so its moving averages do not drift, unlike the reference.
+
+At every checkpoint the model is evaluated on the validation split; the checkpoint with the best
+validation metric is kept in `<model_dir>/best/`, a complete model folder (`model_config.json` and
+the checkpoint, with `best.json` saying which step and value), which evaluation and export use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import tempfile
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from simclr_med import checkpointing, evaluate, metrics, schedule, supervised
+from simclr_med.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
+from simclr_med.dataset import Source
+from simclr_med.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
+                                       training_dataset)
+from simclr_med.model import SimCLRModel, no_decay_variables
+from simclr_med.optimizers import build_optimizer
+from simclr_med.pretrain import seed_everything, total_steps
+from simclr_med.train_metrics import RunningMeans
+from simclr_med.trainer import LoopSettings, Trainer, distributed_input, write_json
+
+BEST_STATE_FILE = "best.json"
+NUM_BLOCK_GROUPS = 4
+SAMPLE_IMAGES = 8  # augmented training images shown in TensorBoard
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """What is specific to fine-tuning."""
+
+    label_fraction: float = 1.0  # the stored nested subset of training patients
+    fine_tune_after_block: int = -1  # -1: train all; k >= 0: freeze the stem and k block groups
+    validation_split: str = "validation"  # "" or an empty split: no best-checkpoint selection
+    best_metric: str = ""  # "" = auc_macro (multi-class) / mean_auc (multi-label)
+    eval_batch_size: int = 256
+
+
+def freeze_blocks(model: SimCLRModel, fine_tune_after_block: int) -> None:
+    """Freezes the stem and the first `fine_tune_after_block` block groups (-1: nothing;
+    4: the whole backbone, which leaves a linear classifier on fixed features)."""
+    if not -1 <= fine_tune_after_block <= NUM_BLOCK_GROUPS:
+        raise ValueError(f"fine_tune_after_block must be in [-1, {NUM_BLOCK_GROUPS}], got "
+                         f"{fine_tune_after_block}")
+    if fine_tune_after_block >= 0:
+        model.resnet.stem.trainable = False
+    for group in model.resnet.block_groups[:max(fine_tune_after_block, 0)]:
+        group.trainable = False
+
+
+def freeze_unused_projection_layers(model: SimCLRModel) -> None:
+    """The projection layers above the one feeding the supervised head get no gradient: freeze
+    them so that they are not updated (nor their batch-norm statistics)."""
+    layers = model.projection_head.linear_layers
+    selector = model.config.ft_proj_selector
+    if not 0 <= selector <= len(layers):
+        raise ValueError(f"ft_proj_selector={selector}, but the projection head has "
+                         f"{len(layers)} layer(s)")
+    for layer in layers[selector:]:
+        layer.trainable = False
+
+
+class BestCheckpoint:
+    """The checkpoint of the best validation value so far, in its own model folder.
+
+    Survives resumption: `best.json` holds the step and value to beat.
+    """
+
+    def __init__(self, model: SimCLRModel, step: tf.Variable, directory: str, metric: str):
+        self.directory = directory
+        self.metric = metric
+        self.manager = tf.train.CheckpointManager(
+            checkpointing.make_checkpoint(model, global_step=step), directory, max_to_keep=1)
+        path = os.path.join(directory, BEST_STATE_FILE)
+        self.state: dict = {}
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                self.state = json.load(f)
+
+    def offer(self, step: int, value: float) -> bool:
+        """Saves the model if `value` beats the best so far; returns whether it did."""
+        if math.isnan(value) or (self.state and value <= self.state["value"]):
+            return False
+        prefix = self.manager.save(checkpoint_number=step)
+        self.state = {"metric": self.metric, "value": value, "step": step, "checkpoint": prefix}
+        write_json(self.directory, BEST_STATE_FILE, self.state)
+        return True
+
+
+def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
+             source: Source, train: TrainConfig, config: FinetuneConfig,
+             strategy: tf.distribute.Strategy, split: str = "train") -> dict:
+    """Fine-tunes in `train.model_dir` (resuming if it holds checkpoints); returns the summary."""
+    seed_everything(train.seed, train.deterministic)
+    task, names = source.info.task, tuple(source.info.names)
+    best_metric = config.best_metric or metrics.main_metric(task)
+    if best_metric not in metrics.metric_names(task, names):
+        raise ValueError(f"best_metric {best_metric!r} is not one of "
+                         f"{metrics.metric_names(task, names)}")
+    num_examples = count_training_images(source, split, config.label_fraction)
+    if not num_examples:
+        raise ValueError(f"label fraction {config.label_fraction} of split {split!r} holds no "
+                         "image")
+    batch = train.train_batch_size
+    steps = total_steps(train, num_examples)
+    learning_rate = schedule.WarmupCosine(
+        schedule.scaled_learning_rate(optim.learning_rate, batch, optim.learning_rate_scaling),
+        schedule.warmup_steps(optim.warmup_epochs, num_examples, batch), steps)
+
+    with strategy.scope():
+        model = SimCLRModel(model_config, len(names), stop_gradient_to_head=False)
+        model.build_for_image_size()
+        freeze_blocks(model, config.fine_tune_after_block)
+        freeze_unused_projection_layers(model)
+        optimizer = build_optimizer(optim, learning_rate, no_decay_variables(model),
+                                    loss_scaling=keras.config.dtype_policy().name == "mixed_float16")
+        optimizer.build(model.trainable_variables)
+        running = RunningMeans(["loss", "supervised_accuracy"])
+
+    def step_fn(examples: dict) -> None:
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = model(examples["image"], training=True)["logits_sup"]
+            per_entry, weights = supervised.task_loss(logits, examples, task)
+            # Mean over the global batch's images (and, multi-label, all their label slots).
+            entries_per_image = tf.cast(tf.size(per_entry) // tf.shape(per_entry)[0], tf.float32)
+            loss = tf.reduce_sum(per_entry * weights) / (batch * entries_per_image)
+            scaled = optimizer.scale_loss(loss)
+        optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        running.update("loss", per_entry, weights)
+        running.update("supervised_accuracy", *supervised.task_accuracy(logits, examples, task))
+
+    settings = LoopSettings(
+        mode="finetune", model_dir=train.model_dir, total_steps=steps,
+        steps_per_loop=train.steps_per_loop,
+        checkpoint_steps=train.checkpoint_steps or math.ceil(num_examples / batch),
+        keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
+        run_steps=train.run_steps)
+    trainer = Trainer(strategy, model, optimizer, running, step_fn, settings)
+    record = checkpointing.ModelRecord(model_config, len(names), task, names, source="finetune")
+    if trainer.chief:
+        record.save(train.model_dir)
+    if not trainer.restore() and train.init_checkpoint:
+        logging.info(checkpointing.load_init_weights(
+            model, train.init_checkpoint, projection_layers=model_config.ft_proj_selector))
+
+    spec = LabelledSpec(augment, model_config.image_size, config.label_fraction, train.seed,
+                        train.shuffle_buffer)
+
+    make_dataset = distributed_input(strategy, batch,
+                                     functools.partial(training_dataset, source, split, spec))
+    best = None
+    validate = None
+    if config.validation_split and source.info.split_counts.get(
+            config.validation_split, {}).get("images", 0):
+        best_dir = os.path.join(train.model_dir, evaluate.BEST_DIR)
+        if trainer.chief:
+            record.save(best_dir)
+        best = BestCheckpoint(model, optimizer.iterations,
+                              best_dir if trainer.chief else tempfile.mkdtemp(prefix="best_"),
+                              best_metric)
+        validate = _validation(model, source, config, best)
+    else:
+        logging.warning("no validation images in split %r: the last checkpoint is the result",
+                        config.validation_split)
+
+    if trainer.step == 0:
+        _write_sample_images(trainer.writer, source, split, spec)
+    summary = trainer.train(make_dataset, on_checkpoint=validate)
+    summary.update({
+        "label_fraction": config.label_fraction, "num_train_examples": num_examples,
+        "example_unit": "image", "fine_tune_after_block": config.fine_tune_after_block,
+        "ft_proj_selector": model_config.ft_proj_selector,
+        "init_checkpoint": train.init_checkpoint, "validation_split": config.validation_split,
+        "best_metric": best_metric,
+        "best_checkpoint": best.state.get("checkpoint") if best else None,
+        "best_step": best.state.get("step") if best else None,
+        "best_value": best.state.get("value") if best else None,
+        "inference_checkpoint": evaluate.inference_checkpoint(train.model_dir),
+    })
+    write_json(train.model_dir, trainer.summary_file, summary)
+    return summary
+
+
+def _validation(model: SimCLRModel, source: Source, config: FinetuneConfig,
+                best: BestCheckpoint):
+    """The `on_checkpoint` hook: validation metrics (logged) and the best-checkpoint update."""
+    predictor = evaluate.Predictor(model)
+    alignment = evaluate.align(source.info.task, source.info.names, source.info)
+    dataset = evaluation_dataset(source, config.validation_split, model.config.image_size,
+                                 model.config.eval_crop_proportion, config.eval_batch_size)
+
+    def validate(step: int) -> dict:
+        targets, probs = evaluate.aligned(predictor(dataset), alignment)
+        values = metrics.compute(targets, probs)
+        if best.offer(step, values[best.metric]):
+            logging.info("best %s so far: %.4f at step %d", best.metric, values[best.metric], step)
+        return {f"validation/{name}": value for name, value in values.items()
+                if not name.startswith("auc/") or name == best.metric}
+
+    return validate
+
+
+def _write_sample_images(writer, source: Source, split: str, spec: LabelledSpec) -> None:
+    """TensorBoard image `augmented_images`: a few training inputs as the model sees them."""
+    examples = next(iter(training_dataset(source, split, spec, SAMPLE_IMAGES)))
+    with writer.as_default(step=0):
+        tf.summary.image("augmented_images", examples["image"], max_outputs=SAMPLE_IMAGES)

@@ -1,0 +1,137 @@
+"""The input of fine-tuning and evaluation: labelled single images.
+
+Training: the images of the selected label fraction of the training patients (unlabelled ones
+dropped), each augmented once (`augment.augment_view` with the fine-tuning `AugmentConfig`), with
+a stateless seed from the element's position in the seeded, shuffled, repeated stream: a resumed
+run sees exactly the images an uninterrupted one would have.
+
+Evaluation: every image of a split once, in file order, through `preprocess.preprocess_for_eval`
+(the centre crop that serving uses too), with its image and patient id. A TFDS data set has
+neither: an image's position is its id, and each image counts as its own patient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+from absl import logging
+
+from simclr_med import augment, preprocess
+from simclr_med.config import AugmentConfig
+from simclr_med.dataset import AUTOTUNE, Source, read_images
+
+LABEL_FIELDS = ("class_id", "labels", "label_mask")
+LABEL_FRACTIONS_FILE = "label_fractions.json"  # written by data_prep next to dataset_info.json
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSpec:
+    """How training images are drawn and augmented."""
+
+    augment: AugmentConfig
+    image_size: int
+    label_fraction: float = 1.0
+    seed: int = 0
+    shuffle_buffer: int = 2048
+
+
+def is_labelled(image: dict) -> tf.Tensor:
+    """Whether any loss term counts this image (a class id >= 0, or an unmasked label)."""
+    if "label_mask" in image:
+        return tf.reduce_any(image["label_mask"] > 0)
+    return image["class_id"] >= 0
+
+
+def _pixels(image: dict) -> tf.Tensor:
+    """Encoded bytes (data_prep builds) or a decoded uint8 image (TFDS)."""
+    return image["encoded"] if "encoded" in image else image["image"]
+
+
+def _decoded(image: dict) -> tf.Tensor:
+    if "encoded" in image:
+        return preprocess.decode_image(image["encoded"])
+    return tf.image.convert_image_dtype(image["image"], tf.float32)
+
+
+def _read_selected(source: Source, split: str, label_fraction: float, **kwargs) -> tf.data.Dataset:
+    if label_fraction < 1.0 and source.tfds_name:
+        raise ValueError("--label_fraction needs the patient subsets stored by data_prep; "
+                         f"the TFDS data set {source.tfds_name!r} has none")
+    return read_images(source, split, label_fraction=label_fraction, **kwargs).filter(is_labelled)
+
+
+def training_dataset(source: Source, split: str, spec: LabelledSpec, batch_size: int, *,
+                     start_example: int = 0,
+                     input_context: Optional[tf.distribute.InputContext] = None
+                     ) -> tf.data.Dataset:
+    """Endless batches: `image` [B, S, S, 3] and the labels (`class_id` [B]; multi-label
+    `labels`, `label_mask` [B, L]). `start_example` skips that many images of this pipeline."""
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    images = _read_selected(source, split, spec.label_fraction, shuffle_files=True,
+                            seed=spec.seed, input_context=input_context)
+    images = images.shuffle(spec.shuffle_buffer, seed=spec.seed, reshuffle_each_iteration=True)
+
+    def to_example(index, image):
+        seed = tf.stack([tf.constant(spec.seed * 1000 + pipeline, tf.int64), index])
+        example = {"image": augment.augment_view(_decoded(image), seed, spec.augment,
+                                                 spec.image_size)}
+        example.update({k: image[k] for k in LABEL_FIELDS if k in image})
+        return example
+
+    examples = images.repeat().enumerate().skip(start_example)
+    examples = examples.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def evaluation_dataset(source: Source, split: str, image_size: int, crop_proportion: float,
+                       batch_size: int, max_images: int = 0,
+                       label_fraction: float = 1.0) -> tf.data.Dataset:
+    """Finite batches of every image of `split` (the first `max_images` when > 0): `image`,
+    `image_id`, `patient_id` and the labels. Unlabelled images are kept (predictions are
+    written for them); the metrics skip them."""
+    images = (_read_selected(source, split, label_fraction) if label_fraction < 1.0
+              else read_images(source, split))
+    if max_images:
+        images = images.take(max_images)
+
+    def to_example(index, image):
+        example = {"image": preprocess.preprocess_for_eval(_pixels(image), image_size,
+                                                           crop_proportion)}
+        example.update({k: image[k] for k in LABEL_FIELDS if k in image})
+        example["image_id"] = image.get("image_id", tf.strings.as_string(index))
+        example["patient_id"] = image.get("patient_id", example["image_id"])
+        return example
+
+    examples = images.enumerate().map(to_example, num_parallel_calls=AUTOTUNE,
+                                      deterministic=True)
+    return examples.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def count_training_images(source: Source, split: str, label_fraction: float) -> int:
+    """Images of the selected patients (what one fine-tuning epoch sees, give or take the rare
+    unlabelled image): the build's count for the whole split, data_prep's
+    `label_fractions.json` for a standard fraction, otherwise counted from the records."""
+    if label_fraction == 1.0:
+        return source.num_examples(split)
+    stored = _stored_fraction_images(source, split, label_fraction)
+    if stored is not None:
+        return stored
+    logging.info("counting the images of label fraction %s in split %r", label_fraction, split)
+    images = _read_selected(source, split, label_fraction)
+    return int(images.reduce(0, lambda count, _: count + 1).numpy())
+
+
+def _stored_fraction_images(source: Source, split: str, fraction: float) -> Optional[int]:
+    path = os.path.join(source.data_dir, LABEL_FRACTIONS_FILE)
+    if not source.data_dir or not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        stored = json.load(f)
+    entry = stored.get("fractions", {}).get(str(fraction))
+    if stored.get("split") != split or entry is None:
+        return None
+    return int(entry["images"])

@@ -1,0 +1,149 @@
+"""Evaluation without training: label matching across data sets, the files an evaluation writes,
+checkpoint choice. (Evaluations of trained models on real data: tests/test_finetune.py.)"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib import image as mpimg
+from sklearn import metrics as skm
+
+from data_prep.formats import CHEXPERT_OBSERVATIONS, HAM10000_CLASSES, NIH_FINDINGS
+from simclr_med import evaluate, label_mapping, metrics, plots, schema
+
+
+def test_nih_and_chexpert_share_seven_findings_through_the_table():
+    matches = label_mapping.match_labels(NIH_FINDINGS, CHEXPERT_OBSERVATIONS)
+    assert {m.data_name: m.model_name for m in matches} == {
+        "Cardiomegaly": "Cardiomegaly", "Edema": "Edema", "Consolidation": "Consolidation",
+        "Pneumonia": "Pneumonia", "Atelectasis": "Atelectasis", "Pneumothorax": "Pneumothorax",
+        "Pleural Effusion": "Effusion"}
+    for m in matches:  # indices point at the names
+        assert NIH_FINDINGS[m.model_index] == m.model_name
+        assert CHEXPERT_OBSERVATIONS[m.data_index] == m.data_name
+    # Not the same finding: not matched.
+    assert not label_mapping.match_labels(["Pleural_Thickening", "Nodule", "Mass"],
+                                          ["Pleural Other", "Lung Lesion"])
+    assert label_mapping.canonical("pleural-thickening") == label_mapping.canonical(
+        "Pleural_Thickening")
+
+
+def _info(task: str, names, **kwargs) -> schema.DatasetInfo:
+    return schema.DatasetInfo(task=task, names=list(names), **kwargs)
+
+
+def test_multiclass_alignment_reorders_renamed_classes_and_refuses_unknown_ones():
+    data = _info("multiclass", ["melanoma", "nv", "bcc"])
+    alignment = evaluate.align("multiclass", HAM10000_CLASSES, data)
+    assert alignment.names == HAM10000_CLASSES
+    assert [HAM10000_CLASSES[i] for i in alignment.data_columns] == ["mel", "nv", "bcc"]
+    assert alignment.renamed == {"melanoma": "mel"}
+    predicted = evaluate.ImageOutputs(
+        image_id=np.array(["a", "b", "c", "d"]), patient_id=np.array(["p", "p", "q", "r"]),
+        outputs={"logits_sup": np.zeros((4, 7), np.float32)},
+        truth={"class_id": np.array([0, 2, -1, 1])})
+    targets, probs = evaluate.aligned(predicted, alignment)
+    assert targets.class_id.tolist() == [HAM10000_CLASSES.index(c) for c in ("mel", "bcc")] + [
+        -1, HAM10000_CLASSES.index("nv")]
+    assert probs.shape == (4, 7) and np.allclose(probs.sum(axis=1), 1)
+
+    with pytest.raises(ValueError, match=r"\['SCC'\] are not among the model's classes"):
+        evaluate.align("multiclass", HAM10000_CLASSES, _info("multiclass", ["nv", "SCC"]))
+    with pytest.raises(ValueError, match="the model is multilabel .* the data set is multiclass"):
+        evaluate.align("multilabel", NIH_FINDINGS, _info("multiclass", HAM10000_CLASSES))
+    with pytest.raises(ValueError, match="share none"):
+        evaluate.align("multilabel", NIH_FINDINGS, _info("multilabel", ["Fracture"]))
+
+
+def _fabricated(task: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = 90
+    patients = np.array([f"p{i // 3:03d}" for i in range(n)])
+    if task == "multiclass":
+        names = ("disc", "ring", "bar", "cross")
+        class_id = rng.integers(-1, 4, n)
+        probs = rng.dirichlet(np.ones(4), n)
+        return metrics.Targets(task, names, class_id=class_id), probs, patients
+    names = ("Effusion", "Hernia", "Mass")
+    labels = (rng.random((n, 3)) < 0.3).astype(float)
+    mask = (rng.random((n, 3)) < 0.8).astype(float)
+    return (metrics.Targets(task, names, labels=labels, label_mask=mask), rng.random((n, 3)),
+            patients)
+
+
+def _read_predictions(path, names, task):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    probs = np.array([[float(r[f"prob/{n}"]) for n in names] for r in rows])
+    if task == "multiclass":
+        class_id = np.array([names.index(r["label"]) if r["label"] else -1 for r in rows])
+        targets = metrics.Targets(task, names, class_id=class_id)
+    else:
+        cells = [[r[f"label/{n}"] for n in names] for r in rows]
+        targets = metrics.Targets(task, names,
+                                  labels=np.array([[float(c or 0) for c in r] for r in cells]),
+                                  label_mask=np.array([[float(c != "") for c in r]
+                                                       for r in cells]))
+    return rows, targets, probs
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_predictions_csv_recomputes_every_figure_of_the_eval_json(task, tmp_path):
+    targets, probs, patients = _fabricated(task)
+    image_ids = np.array([f"img{i}" for i in range(len(probs))])
+    result = evaluate.report(targets, probs, patients, evaluate.EvalConfig(bootstrap_samples=200),
+                             split="test", data_dir="somewhere", global_step=7, checkpoint="ck")
+    path = tmp_path / "predictions_test.csv"
+    evaluate.write_predictions(str(path), image_ids, patients, targets, probs)
+
+    rows, read_targets, read_probs = _read_predictions(path, targets.names, task)
+    assert list(rows[0])[:2] == ["image_id", "patient_id"]
+    assert np.array_equal(read_probs, probs)  # full precision
+    read_patients = np.array([r["patient_id"] for r in rows])
+    assert result == evaluate.report(read_targets, read_probs, read_patients,
+                                     evaluate.EvalConfig(bootstrap_samples=200), split="test",
+                                     data_dir="somewhere", global_step=7, checkpoint="ck")
+    assert result["num_images"] == 90 and result["num_patients"] == 30
+    if task == "multiclass":
+        counted = targets.class_id >= 0
+        assert result["metrics"]["top1_accuracy"]["value"] == skm.accuracy_score(
+            targets.class_id[counted], probs[counted].argmax(axis=1))
+        assert result["num_labelled_images"] == int(counted.sum())
+    else:
+        assert set(rows[0]) >= {"label/Effusion", "prob/Mass"}
+        assert {r["label/Hernia"] for r in rows} == {"0", "1", ""}
+    json.dumps(result, allow_nan=False)  # strict JSON: no NaN anywhere
+    table = evaluate.format_metrics_table(result)
+    assert table.splitlines()[2].startswith(metrics.main_metric(task))
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_plots_are_written_as_png(task, tmp_path):
+    targets, probs, _ = _fabricated(task)
+    paths = plots.write_all(str(tmp_path), "test", targets, probs, "test split of fabricated")
+    assert [p.rsplit("/", 1)[1] for p in paths] == (
+        ["roc_test.png", "confusion_matrix_test.png"] if task == "multiclass" else ["roc_test.png"])
+    for path in paths:
+        height, width, _ = mpimg.imread(path).shape
+        assert height > 400 and width > 400
+
+
+def _save_checkpoint(directory, step: int) -> str:
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(float(step)))
+    return tf.train.CheckpointManager(checkpoint, str(directory), 2).save(checkpoint_number=step)
+
+
+def test_evaluation_uses_the_best_checkpoint_when_fine_tuning_kept_one(tmp_path):
+    latest = _save_checkpoint(tmp_path, 10)
+    assert evaluate.inference_checkpoint(str(tmp_path)) == latest
+    best = _save_checkpoint(tmp_path / evaluate.BEST_DIR, 4)
+    assert evaluate.inference_checkpoint(str(tmp_path)) == best
+    assert evaluate.inference_checkpoint(str(tmp_path), "best") == best
+    assert evaluate.inference_checkpoint(str(tmp_path), "latest") == latest
+    assert evaluate.inference_checkpoint(str(tmp_path), latest) == latest
+    with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
+        evaluate.inference_checkpoint(str(tmp_path / "empty"), "best")
