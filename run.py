@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from flags import finetune_flags, run_flags
-from simclr_med import dataset, strategy, synthetic
+from flags import export_flags, finetune_flags, run_flags
+from simclr_med import dataset, export, strategy, synthetic
 from simclr_med.config import DataConfig
 from simclr_med.evaluate import evaluate, format_metrics_table
 from simclr_med.finetune import finetune
@@ -37,9 +37,20 @@ def open_source(data: DataConfig) -> dataset.Source:
     return dataset.open_build(data_dir)
 
 
+def export_model() -> None:
+    """SavedModels of --model_dir's checkpoint (--eval_checkpoint chooses it) in --export_dir."""
+    result = export.export(FLAGS.model_dir, export_flags.export_dir(FLAGS.model_dir),
+                           FLAGS.eval_checkpoint)
+    print(f"exported {result.checkpoint} (step {result.global_step}):\n"
+          + "\n".join(f"  {name}: {path}" for name, path in result.paths.items()))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.mode == "export":  # needs neither data nor a distribution strategy
+        export_model()
+        return
     distribution = strategy.build_strategy(run_flags.strategy_config())
     source = open_source(run_flags.data_config())
     train = run_flags.train_config()

@@ -16,7 +16,7 @@ from simclr_med.config import (AugmentConfig, DataConfig, ModelConfig, OptimConf
 
 FLAGS = flags.FLAGS
 
-MODES = ["pretrain", "finetune", "eval", "linear_eval", "train_then_eval"]
+MODES = ["pretrain", "finetune", "eval", "linear_eval", "train_then_eval", "export"]
 
 flags.DEFINE_enum("mode", "pretrain", MODES, "What to run.")
 flags.DEFINE_string("model_dir", None, "Folder of checkpoints, summaries and results.")

@@ -1,0 +1,199 @@
+"""SavedModel export: a classifier that serves with nothing but TensorFlow, and a feature extractor.
+
+`export(model_dir, export_dir)` writes, from a model folder's checkpoint:
+- `serving/` (models with a task head, i.e. not pretraining runs): signature `serving_default`
+  maps `images`, a 1-D string tensor of encoded PNG or JPEG bytes of any size, to `probabilities`
+  [batch, classes] (softmax for multi-class, sigmoid for multi-label) and `embedding` [batch, dim]
+  (the backbone's `final_avg_pool`). Decoding and the centre crop are `preprocess.preprocess_for_eval`
+  itself, traced into the graph, so serving sees the pixels evaluation sees. Signature
+  `serving_preprocessed` takes float images [batch, image_size, image_size, 3] in [0, 1] instead.
+  Class names and task are assets (`assets/labels.txt`, one name a line; `assets/task.txt`) and the
+  string variables `class_names` and `task`.
+- `features/`: the reference SimCLR SavedModel's interface. `m(images, trainable=False)` on float
+  images [batch, H, W, 3] in [0, 1] returns the dict of endpoints (`initial_conv`,
+  `initial_max_pool`, `block_group1`..`block_group4`, `final_avg_pool`, `proj_head_input`,
+  `proj_head_output`), deterministically (batch norm in inference mode, no augmentation).
+  `trainable=True` runs batch norm in training mode (batch statistics; the moving averages are
+  updated) for fine-tuning through `m.trainable_variables` with a GradientTape. Its
+  `serving_default` signature is the `trainable=False` call.
+
+Both are plain TensorFlow objects holding the Keras variables (as `keras.export.ExportArchive`
+does), not Keras models: `tf.saved_model.load` needs neither Keras nor this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import tensorflow as tf
+from absl import logging
+
+from simclr_med import checkpointing, evaluate, preprocess, schema
+from simclr_med.model import SimCLRModel
+from simclr_med.predict import (CLASS_NAMES, EMBEDDING, IMAGES, PROBABILITIES, SERVING_DIR,
+                                SERVING_SIGNATURE, TASK)
+
+FEATURES_DIR = "features"
+PREPROCESSED_SIGNATURE = "serving_preprocessed"
+LABELS_ASSET = "labels.txt"
+TASK_ASSET = "task.txt"
+# Leading bytes of the two formats serving accepts (tf.io.is_jpeg checks the same three).
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+_AutoTrackable = tf.__internal__.tracking.AutoTrackable
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    checkpoint: str
+    global_step: int
+    paths: dict[str, str]  # "serving" and/or "features" -> SavedModel folder
+
+
+def has_task_head(record: checkpointing.ModelRecord) -> bool:
+    """Whether the model's supervised head is a task classifier worth serving.
+
+    A pretraining run's head is the linear-evaluation probe on stop-gradient features: such a
+    run exports only its features.
+    """
+    return record.num_classes > 0 and record.source != "pretrain"
+
+
+def restore_model(model_dir: str, num_classes: int, checkpoint: str = "auto"
+                  ) -> tuple[SimCLRModel, str, int]:
+    """The model of `model_dir` with `num_classes` outputs (0: no supervised head), restored from
+    `checkpoint` (see `evaluate.inference_checkpoint`); returns it, the prefix and the step."""
+    record = checkpointing.ModelRecord.load(model_dir)
+    model = SimCLRModel(record.model, num_classes)
+    model.build_for_image_size()
+    prefix = evaluate.inference_checkpoint(model_dir, checkpoint)
+    step = tf.Variable(0, dtype=tf.int64)
+    status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
+    status.expect_partial()  # training checkpoints also hold the optimizer
+    status.assert_existing_objects_matched()
+    return model, prefix, int(step.numpy())
+
+
+class FeatureExtractor(_AutoTrackable):
+    """`__call__(images, trainable=False)` -> endpoint dict, with `variables` and
+    `trainable_variables` (the names TF Hub's reusable SavedModels use)."""
+
+    def __init__(self, model: SimCLRModel):
+        super().__init__()
+        if model.supervised_head is not None:
+            raise ValueError("the feature extractor is built from a model without supervised head")
+        self._forward = model.__call__  # a bound method: not tracked, only its variables are
+        self.variables = list(model.variables)
+        self.trainable_variables = list(model.trainable_variables)
+
+    @tf.function
+    def __call__(self, images: tf.Tensor, trainable: bool = False) -> dict[str, tf.Tensor]:
+        outputs = self._forward(images, training=trainable)
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+
+
+class Classifier(_AutoTrackable):
+    """Encoded images (or preprocessed float images) -> probabilities and embedding."""
+
+    def __init__(self, model: SimCLRModel, record: checkpointing.ModelRecord, assets_dir: str):
+        super().__init__()
+        if record.task not in (schema.MULTICLASS, schema.MULTILABEL):
+            raise ValueError(f"cannot serve task {record.task!r}: expected "
+                             f"{schema.MULTICLASS} or {schema.MULTILABEL}")
+        config = record.model
+        # A converted official checkpoint's head has classes but no names: number them.
+        names = record.class_names or tuple(str(i) for i in range(record.num_classes))
+        self._forward = model.__call__
+        self._task = record.task
+        self._image_size = config.image_size
+        self._crop_proportion = config.eval_crop_proportion
+        self.variables = list(model.variables)
+        setattr(self, CLASS_NAMES, tf.Variable(list(names), trainable=False))
+        setattr(self, TASK, tf.Variable(record.task, trainable=False))
+        self.labels_file = tf.saved_model.Asset(
+            _write_text(assets_dir, LABELS_ASSET, "".join(f"{name}\n" for name in names)))
+        self.task_file = tf.saved_model.Asset(
+            _write_text(assets_dir, TASK_ASSET, f"{record.task}\n"))
+        size = config.image_size
+        self.serve_encoded = tf.function(self._serve_encoded, input_signature=[
+            tf.TensorSpec([None], tf.string, name=IMAGES)])
+        self.serve_preprocessed = tf.function(self._predict, input_signature=[
+            tf.TensorSpec([None, size, size, 3], tf.float32, name=IMAGES)])
+
+    def _serve_encoded(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        size = self._image_size
+        pixels = tf.map_fn(
+            lambda encoded: preprocess.preprocess_for_eval(encoded, size, self._crop_proportion),
+            require_png_or_jpeg(images),
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return self._predict(pixels)
+
+    def _predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = self._forward(images, training=False)
+        logits = tf.cast(outputs["logits_sup"], tf.float32)
+        probabilities = (tf.nn.softmax(logits) if self._task == schema.MULTICLASS
+                         else tf.sigmoid(logits))
+        return {PROBABILITIES: probabilities,
+                EMBEDDING: tf.cast(outputs["final_avg_pool"], tf.float32)}
+
+
+def require_png_or_jpeg(images: tf.Tensor) -> tf.Tensor:
+    """`images`, after checking each is PNG or JPEG bytes; raises InvalidArgumentError naming the
+    batch positions of those that are not (empty strings included)."""
+    known = tf.logical_or(tf.equal(tf.strings.substr(images, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE),
+                          tf.equal(tf.strings.substr(images, 0, len(JPEG_SIGNATURE)),
+                                   JPEG_SIGNATURE))
+    check = tf.debugging.Assert(
+        tf.reduce_all(known),
+        ["images must be PNG or JPEG bytes; these batch positions are not:",
+         tf.reshape(tf.where(tf.logical_not(known)), [-1])], summarize=32)
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def _write_text(directory: str, name: str, text: str) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def save_features(model: SimCLRModel, path: str) -> None:
+    module = FeatureExtractor(model)
+    images = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES)
+    inference = module.__call__.get_concrete_function(images, trainable=False)
+    module.__call__.get_concrete_function(images, trainable=True)
+    tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: inference})
+
+
+def save_serving(model: SimCLRModel, record: checkpointing.ModelRecord, path: str) -> None:
+    with tempfile.TemporaryDirectory() as assets_dir:
+        module = Classifier(model, record, assets_dir)
+        # Functions with input signatures, traced once by the save itself.
+        tf.saved_model.save(module, path, signatures={
+            SERVING_SIGNATURE: module.serve_encoded,
+            PREPROCESSED_SIGNATURE: module.serve_preprocessed})
+
+
+def export(model_dir: str, export_dir: str, checkpoint: str = "auto") -> ExportResult:
+    """Writes `export_dir/features/` and, for models with a task head, `export_dir/serving/`,
+    replacing earlier exports there. `checkpoint`: auto (fine-tuning's best if kept, else the
+    latest), best, latest, or a checkpoint prefix or folder."""
+    record = checkpointing.ModelRecord.load(model_dir)
+    paths = {FEATURES_DIR: os.path.join(export_dir, FEATURES_DIR)}
+    if has_task_head(record):
+        paths[SERVING_DIR] = os.path.join(export_dir, SERVING_DIR)
+    for name in (FEATURES_DIR, SERVING_DIR):  # a stale serving/ must not outlive its features/
+        old = os.path.join(export_dir, name)
+        if tf.io.gfile.exists(old):
+            logging.info("replacing the earlier export %s", old)
+            tf.io.gfile.rmtree(old)
+    features, prefix, step = restore_model(model_dir, 0, checkpoint)
+    save_features(features, paths[FEATURES_DIR])
+    if SERVING_DIR in paths:
+        classifier, _, _ = restore_model(model_dir, record.num_classes, prefix)
+        save_serving(classifier, record, paths[SERVING_DIR])
+    return ExportResult(prefix, step, paths)
