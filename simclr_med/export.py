@@ -70,11 +70,7 @@ def restore_model(model_dir: str, num_classes: int, checkpoint: str = "auto"
     model = SimCLRModel(record.model, num_classes)
     model.build_for_image_size()
     prefix = evaluate.inference_checkpoint(model_dir, checkpoint)
-    step = tf.Variable(0, dtype=tf.int64)
-    status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
-    status.expect_partial()  # training checkpoints also hold the optimizer
-    status.assert_existing_objects_matched()
-    return model, prefix, int(step.numpy())
+    return model, prefix, evaluate.restore(model, prefix)
 
 
 class FeatureExtractor(_AutoTrackable):

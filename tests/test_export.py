@@ -7,6 +7,7 @@ batch of real NIH PNGs (RGB and RGBA, 64 px), HAM JPEGs (220 px) and grayscale 8
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -21,8 +22,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_med import checkpointing, evaluate, export, paths, preprocess, schema
-from simclr_med.config import ModelConfig
+from simclr_med import augment, checkpointing, evaluate, export, paths, preprocess, schema
+from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
+from simclr_med.dataset import open_build, read_images
+from simclr_med.finetune import FinetuneConfig, finetune
 from simclr_med.model import SimCLRModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -385,3 +388,33 @@ def test_predict_prints_top_labels(exported, images, fresh_process, tmp_path):
         assert [name for name, _ in printed[str(images[index])]] == [HAM_CLASSES[i] for i in top]
         np.testing.assert_allclose([p for _, p in printed[str(images[index])]],
                                    probabilities[index][top], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_real_fine_tuning_run_serves_its_evaluation_predictions(ham_build, tmp_path):
+    """A short HAM10000 fine-tuning run, evaluated on its test split and exported: the serving
+    signature, given the test images' JPEG bytes as stored in the build, returns the
+    probabilities of evaluation's predictions_test.csv (which went through tf.data batches)."""
+    model_dir = tmp_path / "run"
+    source = open_build(str(ham_build))
+    finetune(ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32),
+             OptimConfig(optimizer="adam", learning_rate=1e-3, learning_rate_scaling="sqrt",
+                         warmup_epochs=0),
+             augment.preset("finetune"), source,
+             TrainConfig(model_dir=str(model_dir), train_batch_size=16, train_steps=4,
+                         steps_per_loop=2, checkpoint_steps=2),
+             FinetuneConfig(validation_split=""), tf.distribute.get_strategy())
+    evaluate.evaluate(str(model_dir), source, "test",
+                      evaluate.EvalConfig(bootstrap_samples=10, plots=False, batch_size=64))
+    result = export.export(str(model_dir), str(tmp_path / "export"))
+    with open(model_dir / "predictions_test.csv") as f:
+        rows = {row["image_id"]: [float(row[f"prob/{name}"]) for name in HAM_CLASSES]
+                for row in csv.DictReader(f)}
+    serve = tf.saved_model.load(result.paths["serving"]).signatures["serving_default"]
+    served = {}
+    for batch in read_images(source, "test").batch(50):
+        probabilities = serve(images=batch["encoded"])["probabilities"].numpy()
+        served.update(zip(batch["image_id"].numpy().astype(str), probabilities))
+    assert sorted(served) == sorted(rows) and len(rows) == 232
+    np.testing.assert_allclose(np.array([served[i] for i in rows]), np.array(list(rows.values())),
+                               rtol=0, atol=TOLERANCE)
