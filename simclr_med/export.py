@@ -4,15 +4,17 @@
 - `serving/` (models with a task head, i.e. not pretraining runs): signature `serving_default`
   maps `images`, a 1-D string tensor of encoded PNG or JPEG bytes of any size, to `probabilities`
   [batch, classes] (softmax for multi-class, sigmoid for multi-label) and `embedding` [batch, dim]
-  (the backbone's `final_avg_pool`). Decoding and the centre crop are `preprocess.preprocess_for_eval`
-  itself, traced into the graph, so serving sees the pixels evaluation sees. Signature
+  (the backbone's `final_avg_pool`). Decoding and the centre crop are
+  `preprocess.preprocess_for_eval` itself, traced into the graph, so serving sees the pixels
+  evaluation sees. Signature
   `serving_preprocessed` takes float images [batch, image_size, image_size, 3] in [0, 1] instead.
   Class names and task are assets (`assets/labels.txt`, one name a line; `assets/task.txt`) and the
   string variables `class_names` and `task`.
 - `features/`: the reference SimCLR SavedModel's interface. `m(images, trainable=False)` on float
   images [batch, H, W, 3] in [0, 1] returns the dict of endpoints (`initial_conv`,
   `initial_max_pool`, `block_group1`..`block_group4`, `final_avg_pool`, `proj_head_input`,
-  `proj_head_output`), deterministically (batch norm in inference mode, no augmentation).
+  `proj_head_output`), deterministically (batch norm in inference mode, no augmentation);
+  `m.image_size` is the size the model was trained at.
   `trainable=True` runs batch norm in training mode (batch statistics; the moving averages are
   updated) for fine-tuning through `m.trainable_variables` with a GradientTape. Its
   `serving_default` signature is the `trainable=False` call.
@@ -75,7 +77,7 @@ def restore_model(model_dir: str, num_classes: int, checkpoint: str = "auto"
 
 class FeatureExtractor(_AutoTrackable):
     """`__call__(images, trainable=False)` -> endpoint dict, with `variables` and
-    `trainable_variables` (the names TF Hub's reusable SavedModels use)."""
+    `trainable_variables` (the names TF Hub's reusable SavedModels use) and `image_size`."""
 
     def __init__(self, model: SimCLRModel):
         super().__init__()
@@ -84,6 +86,8 @@ class FeatureExtractor(_AutoTrackable):
         self._forward = model.__call__  # a bound method: not tracked, only its variables are
         self.variables = list(model.variables)
         self.trainable_variables = list(model.trainable_variables)
+        # The input size the model was trained at (any size runs).
+        self.image_size = tf.Variable(model.config.image_size, trainable=False)
 
     @tf.function
     def __call__(self, images: tf.Tensor, trainable: bool = False) -> dict[str, tf.Tensor]:

@@ -96,7 +96,8 @@ for name, folder in job["serving"].items():
 for name, folder in job["features"].items():
     model = tf.saved_model.load(folder)
     pixels = tf.constant(np.load(job["pixels"][name]))
-    first, second, default = model(pixels, trainable=False), model(pixels, trainable=False), model(pixels)
+    first, second = model(pixels, trainable=False), model(pixels, trainable=False)
+    default = model(pixels)
     signature = model.signatures["serving_default"](images=pixels)
     for key, value in first.items():
         arrays[f"{name}/features/{key}"] = value.numpy()
@@ -109,7 +110,9 @@ for name, folder in job["features"].items():
         "max_differences": {other: max(float(np.max(np.abs(first[k] - outputs[k]))) for k in first)
                             for other, outputs in [("second", second), ("default", default),
                                                    ("signature", signature)]},
-        "training_mode_differs": not np.allclose(training["final_avg_pool"], first["final_avg_pool"]),
+        "training_mode_differs": not np.allclose(training["final_avg_pool"],
+                                                 first["final_avg_pool"]),
+        "image_size": int(model.image_size.numpy()),
         "num_variables": len(model.variables),
         "num_trainable": len(model.trainable_variables),
         "missing_gradients": sum(g is None for g in gradients),
@@ -343,6 +346,7 @@ def test_features_match_the_keras_model_and_repeat_exactly(fresh_process):
 def test_features_fine_tune_with_gradients(fresh_process):
     report = fresh_process["report"]["pretrain/features"]
     reference = fresh_process["references"]["pretrain"]
+    assert report["image_size"] == MODELS["pretrain"]["config"].image_size
     assert report["num_variables"] == reference["num_variables"]
     assert report["num_trainable"] == reference["num_trainable"] > 0
     assert report["missing_gradients"] == 0 and report["finite_gradients"]
