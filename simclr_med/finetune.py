@@ -178,8 +178,9 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
                               best_metric)
         validate = _validation(model, source, config, best)
     else:
-        logging.warning("no validation images in split %r: the last checkpoint is the result",
-                        config.validation_split)
+        logging.warning("no validation split%s: no best checkpoint is kept, the last one is the "
+                        "result", f" ({config.validation_split!r} holds no image)"
+                        if config.validation_split else "")
 
     if trainer.step == 0:
         _write_sample_images(trainer.writer, source, split, spec)

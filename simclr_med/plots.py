@@ -54,17 +54,21 @@ def roc_figure(targets: Targets, probs: np.ndarray, title: str) -> Figure:
     figure = Figure(figsize=(9.5 if many else 6.5, 6))
     axes = figure.subplots()
     colours = colormaps["tab20" if many else "tab10"]
+    aucs = []
     for i, (name, positive, score) in enumerate(_curves(targets, probs)):
         if positive.all() or not positive.any():
             continue
         fpr, tpr, _ = skm.roc_curve(positive, score)
-        auc = skm.roc_auc_score(positive, score)
+        aucs.append(skm.roc_auc_score(positive, score))
         axes.plot(fpr, tpr, color=colours(i % colours.N), linewidth=1.6,
-                  label=f"{name} (AUC {auc:.3f}, {int(positive.sum())} positive)")
+                  linestyle="--" if many and i % 2 else "-",
+                  label=f"{name} (AUC {aucs[-1]:.3f}, {int(positive.sum())} positive)")
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance (AUC 0.5)")
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
              ylabel="True positive rate (sensitivity)",
              title=f"ROC curves{' (one-vs-rest)' if targets.task == schema.MULTICLASS else ''}"
+                   f", mean AUC {np.mean(aucs) if aucs else float('nan'):.3f} over {len(aucs)} "
+                   f"{'classes' if targets.task == schema.MULTICLASS else 'labels'}"
                    f"\n{title}")
     axes.set_aspect("equal")
     axes.grid(alpha=0.3)
