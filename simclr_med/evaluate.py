@@ -191,6 +191,9 @@ def evaluate(model_dir: str, source: Source, split: str,
     """Evaluates the model of `model_dir` on `split` of `source`; writes the files (into
     `config.output_dir`, default `model_dir`) and returns the eval json."""
     output_dir = config.output_dir or model_dir
+    if not source.num_examples(split):
+        raise ValueError(f"split {split!r} of {source.data_dir or source.tfds_name} holds no "
+                         "images")
     model, record, prefix, step = load_model(model_dir, config.checkpoint)
     alignment = align(record.task, record.class_names, source.info)
     dataset = evaluation_dataset(source, split, record.model.image_size,

@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import tempfile
 
 import keras
@@ -197,6 +198,8 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         "inference_checkpoint": evaluate.inference_checkpoint(train.model_dir),
     })
     write_json(train.model_dir, trainer.summary_file, summary)
+    if best and not trainer.chief:
+        shutil.rmtree(best.directory, ignore_errors=True)
     return summary
 
 
