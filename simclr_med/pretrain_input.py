@@ -47,14 +47,18 @@ def _image_at(bag: dict, index: tf.Tensor) -> tf.Tensor:
     return tf.image.convert_image_dtype(bag["image"][index], tf.float32)
 
 
+# One trace serves both views of a pair (tracing a view's graph takes about a second).
+_augment_view = tf.function(augment.augment_view)
+
+
 def make_pair(bag: dict, seed: tf.Tensor, spec: PairSpec) -> dict:
     """Two augmented views of a bag: of two different images when it has several."""
     pair_seed, seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     count = tf.shape(bag["encoded"] if "encoded" in bag else bag["image"])[0]
     first, second = micle.choose_pair(count, pair_seed)
     views = tf.stack([
-        augment.augment_view(_image_at(bag, first), seed1, spec.augment, spec.image_size),
-        augment.augment_view(_image_at(bag, second), seed2, spec.augment, spec.image_size)])
+        _augment_view(_image_at(bag, first), seed1, spec.augment, spec.image_size),
+        _augment_view(_image_at(bag, second), seed2, spec.augment, spec.image_size)])
     indices = tf.stack([first, second])
     pair = {"views": views, "image_index": indices}
     pair.update({k: tf.gather(bag[k], indices) for k in _LABEL_FIELDS if k in bag})
@@ -70,8 +74,11 @@ def pair_dataset(source: Source, split: str, spec: PairSpec, batch_size: int, *,
     """Endless batches of `batch_size` pairs: `views` [B, 2, S, S, 3], `image_index` [B, 2] and the
     chosen images' labels (`class_id` [B, 2]; multi-label `labels`, `label_mask` [B, 2, L]).
 
-    `start_example` skips that many pairs of this input pipeline (resuming). Strings are dropped
-    unless `spec.keep_ids`, so the batches can go to any device.
+    `start_example` skips that many pairs of this input pipeline (resuming): the skipped bags are
+    read and shuffled but not decoded. Without `spec.keep_ids` the batches hold no strings, so they
+    can go to any device. The map keeps its order (`deterministic=True`): the seeds come from
+    positions, but which pairs share a batch must not depend on thread timing, or a resumed run
+    would train on differently composed batches than an uninterrupted one.
     """
     pipeline = input_context.input_pipeline_id if input_context else 0
     if spec.use_micle:
@@ -91,6 +98,4 @@ def pair_dataset(source: Source, split: str, spec: PairSpec, batch_size: int, *,
         return make_pair(bag, seed, spec)
 
     pairs = pairs.map(to_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if not spec.keep_ids:
-        pairs = pairs.map(lambda p: {k: v for k, v in p.items() if v.dtype != tf.string})
     return pairs.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
