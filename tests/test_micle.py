@@ -8,8 +8,8 @@ came from: `_ids` reads (case, index) back from a batch of views.
 
 from __future__ import annotations
 
-import io
 import functools
+import io
 import itertools
 import pathlib
 from collections import Counter
@@ -281,13 +281,13 @@ def _same_batches(a: list[dict], b: list[dict]) -> None:
 
 @pytest.mark.parametrize("use_micle", [True, False])
 def test_a_resumed_stream_continues_the_uninterrupted_one(bags, use_micle):
-    """Skipping 5 batches of 4 (20 pairs, beyond the first epoch of 9 cases / 35 images) gives
-    exactly batches 5.. of a stream that was not skipped, views bit for bit."""
+    """Skipping 10 batches of 4 (40 pairs: past the first epoch of 9 cases or 35 images) gives
+    exactly batches 10.. of a stream that was not skipped, views bit for bit."""
     spec = PairSpec(use_micle=use_micle, augment=augment.preset("cxr"), image_size=PIXELS,
                     seed=3, keep_ids=True)
-    straight = _take(pair_dataset(bags, "train", spec, 4), 12)
-    resumed = _take(pair_dataset(bags, "train", spec, 4, start_example=20), 7)
-    _same_batches(resumed, straight[5:])
+    straight = _take(pair_dataset(bags, "train", spec, 4), 16)
+    resumed = _take(pair_dataset(bags, "train", spec, 4, start_example=40), 6)
+    _same_batches(resumed, straight[10:])
 
 
 def test_a_resumed_distributed_stream_continues_on_every_replica(bags):
