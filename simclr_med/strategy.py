@@ -6,6 +6,8 @@ exercises the real multi-replica code path (all-gathers, all-reduces, per-replic
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -43,21 +45,32 @@ def set_precision(precision: str) -> None:
 
 
 def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
-    """The distribution strategy a run trains and evaluates under."""
+    """The distribution strategy a run trains and evaluates under (and the precision policy).
+
+    Strategies are made once per process and reused: two MirroredStrategy objects in one process
+    number their collective operations independently, and the second one's clash with the first
+    one's ("Shape mismatch in the collective instance"), e.g. when a notebook pretrains and then
+    fine-tunes.
+    """
     set_precision(config.precision)
-    if config.strategy == "default":
+    return _strategy(config.strategy, config.tpu, config.num_cpu_devices)
+
+
+@functools.cache
+def _strategy(name: str, tpu: str, num_cpu_devices: int) -> tf.distribute.Strategy:
+    if name == "default":
         return tf.distribute.get_strategy()
-    if config.strategy == "mirrored":
-        configure_cpu_devices(config.num_cpu_devices)
+    if name == "mirrored":
+        configure_cpu_devices(num_cpu_devices)
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
-    if config.strategy == "multi_worker":
+    if name == "multi_worker":
         # Reads the cluster from the TF_CONFIG environment variable.
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if config.strategy == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu or None)
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"strategy must be one of {STRATEGIES}, got {config.strategy!r}")
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")

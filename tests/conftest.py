@@ -32,6 +32,14 @@ def real_data() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """The MirroredStrategy over the two logical CPUs, one per process (see build_strategy)."""
+    from simclr_med.config import StrategyConfig
+
+    return strategy.build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
+
+
+@pytest.fixture(scope="session")
 def simclr_tf2_fixtures() -> pathlib.Path:
     """Reference SimCLR TF2 checkpoints (../shared/fixtures/simclr_tf2), or skip."""
     path = pathlib.Path(os.environ.get("SIMCLR_MED_FIXTURES", FIXTURES)) / "simclr_tf2"

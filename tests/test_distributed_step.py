@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_med.config import ModelConfig
+from simclr_med.config import ModelConfig, StrategyConfig
 from simclr_med.model import SimCLRModel
 from simclr_med.pretrain import contrastive_gradients
+from simclr_med.strategy import build_strategy
 
 GLOBAL_BATCH = 8
 CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32, global_bn=True)
@@ -32,14 +33,14 @@ def _model(strategy) -> tuple[SimCLRModel, keras.optimizers.Optimizer]:
     return model, optimizer
 
 
-def test_mirrored_step_equals_single_device_step():
+def test_mirrored_step_equals_single_device_step(two_cpu_strategy):
     keras.utils.set_random_seed(1)
     single, single_opt = _model(tf.distribute.get_strategy())
     pairs = _pairs()
     loss, grads, _ = contrastive_gradients(single, single_opt, pairs, 0.2, GLOBAL_BATCH,
                                            "multiclass")
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     mirrored, mirrored_opt = _model(strategy)
     mirrored.set_weights(single.get_weights())
     half = GLOBAL_BATCH // 2
@@ -67,3 +68,9 @@ def test_mirrored_step_equals_single_device_step():
     for g_dist, g_single, var in zip(distributed_grads, grads, single.trainable_variables):
         error = np.linalg.norm(g_dist.numpy() - g_single.numpy())
         assert error <= GRAD_RTOL * np.linalg.norm(g_single.numpy()) + 1e-7, var.path
+
+
+def test_one_strategy_per_configuration_and_process(two_cpu_strategy):
+    # A second MirroredStrategy in the process would clash with the first one's collectives.
+    again = build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
+    assert again is two_cpu_strategy and again.num_replicas_in_sync == 2

@@ -210,12 +210,13 @@ def _init_folder(folder: pathlib.Path) -> SimCLRModel:
 
 
 def test_frozen_blocks_and_their_batch_norm_statistics_stay_bit_identical(synthetic_build,
-                                                                          tmp_path):
+                                                                          tmp_path,
+                                                                          two_cpu_strategy):
     """fine_tune_after_block=2 on two replicas: the stem and block groups 1-2 keep the loaded
     weights and moving statistics bit for bit, and the projection layers above
     ft_proj_selector=1 (not loaded, unused) never change; the rest trains, statistics too."""
     initial = _init_folder(tmp_path / "init")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     tuned_dir = tmp_path / "tuned"
     _finetune(synthetic_build, tuned_dir, steps=6, model=TINY, strategy=strategy,
               config=FinetuneConfig(fine_tune_after_block=2, validation_split=""),

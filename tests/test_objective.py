@@ -46,9 +46,9 @@ def test_entropy_is_log_of_candidates_for_constant_logits():
     np.testing.assert_allclose(objective.contrastive_entropy(result).numpy(), np.log(7), rtol=1e-5)
 
 
-def test_nt_xent_across_two_replicas_matches_numpy():
+def test_nt_xent_across_two_replicas_matches_numpy(two_cpu_strategy):
     z1, z2 = _projections(n=8)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     assert strategy.num_replicas_in_sync == 2
 
     def halves(context):
