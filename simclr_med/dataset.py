@@ -9,13 +9,14 @@ training) each reads a disjoint part: whole files when there are enough, else ev
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import tensorflow as tf
 
 from simclr_med import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
+Seed = Union[int, tf.Tensor]  # a Python int, or an int64 scalar inside a tf.data function
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,16 +68,17 @@ def _shard(ds: tf.data.Dataset, context: Optional[tf.distribute.InputContext]) -
     return ds.shard(context.num_input_pipelines, context.input_pipeline_id)
 
 
-def read_cases(source: Source, split: str, *, shuffle_files: bool = False, seed: int = 0,
+def read_cases(source: Source, split: str, *, shuffle_files: bool = False, seed: Seed = 0,
                input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
-    """Parsed case bags (`schema.parse_case` dicts) of one split of a data_prep build."""
+    """Parsed case bags (`schema.parse_case` dicts) of one split of a data_prep build, files in an
+    order drawn from `seed` when `shuffle_files` (the same order at every iteration)."""
     files = shard_files(source.data_dir, split)
     by_file = input_context is not None and len(files) >= input_context.num_input_pipelines
     ds = tf.data.Dataset.from_tensor_slices(files)
     if by_file:
         ds = _shard(ds, input_context)
     if shuffle_files:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     if not by_file:
@@ -112,7 +114,7 @@ def flatten_cases(cases: tf.data.Dataset) -> tf.data.Dataset:
     return cases.flat_map(images_of)
 
 
-def read_images(source: Source, split: str, *, shuffle_files: bool = False, seed: int = 0,
+def read_images(source: Source, split: str, *, shuffle_files: bool = False, seed: Seed = 0,
                 input_context: Optional[tf.distribute.InputContext] = None,
                 label_fraction: float = 1.0) -> tf.data.Dataset:
     """Single images with labels, from a data_prep build or a TFDS data set.
@@ -131,8 +133,64 @@ def _read_tfds(source: Source, split: str, shuffle_files: bool, seed: int,
                input_context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
     import tensorflow_datasets as tfds
 
-    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed)
+    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
+                                  shuffle_reshuffle_each_iteration=False)
     ds = tfds.load(source.tfds_name, split=split, data_dir=source.tfds_data_dir,
                    shuffle_files=shuffle_files, read_config=read_config)
     return ds.map(lambda ex: {"image": ex["image"], "class_id": tf.cast(ex["label"], tf.int32)},
                   num_parallel_calls=AUTOTUNE)
+
+
+def epoch_reader(source: Source, split: str, *, cases: bool = False, seed: int = 0,
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 label_fraction: float = 1.0) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """`read(epoch_seed)`: one training epoch of case bags (`cases`) or images, files shuffled by
+    the epoch's seed. TFDS files keep one order (from `seed`); the shuffle buffer still differs."""
+    if source.tfds_name:
+        if cases:
+            raise ValueError(f"MICLe needs case bags: use a data_prep build (--data_dir), not "
+                             f"the TFDS data set {source.tfds_name!r}")
+        images = read_images(source, split, shuffle_files=True, seed=seed,
+                             input_context=input_context, label_fraction=label_fraction)
+        return lambda epoch_seed: images
+    if cases:
+        return lambda epoch_seed: read_cases(source, split, shuffle_files=True, seed=epoch_seed,
+                                             input_context=input_context)
+    return lambda epoch_seed: read_images(source, split, shuffle_files=True, seed=epoch_seed,
+                                          input_context=input_context,
+                                          label_fraction=label_fraction)
+
+
+def shuffled_epochs(read: Callable[[tf.Tensor], tf.data.Dataset], *, seed: int,
+                    shuffle_buffer: int, start_example: int = 0) -> tf.data.Dataset:
+    """Endless `(position, element)` pairs: epoch e is `read(s_e)` through a shuffle buffer, with
+    s_e a seed derived from `seed` and e, so every process draws the same stream.
+
+    Resuming at `start_example` reads one epoch once to learn its length, then starts at the
+    right epoch and skips only the elements before the position within it: the cost does not grow
+    with the epochs already trained, as it would with `repeat().skip(n)`.
+    """
+    def epoch(index: tf.Tensor) -> tf.data.Dataset:
+        # Runs inside a tf.data function, whose graph-level seed is its own: fixing it makes the
+        # stream depend on `seed` alone, and lets the shuffles take tensor seeds (which
+        # `Dataset.shuffle` rejects when TensorFlow's global seed is 0).
+        tf.random.set_seed(1)
+        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + index
+        return read(epoch_seed).shuffle(shuffle_buffer, seed=epoch_seed,
+                                        reshuffle_each_iteration=False)
+
+    first = tf.data.Dataset.range(1).flat_map(epoch)
+    size = _epoch_length(first, count_all=start_example > 0)
+    first_epoch, offset = divmod(start_example, size) if start_example else (0, 0)
+    epochs = tf.data.Dataset.range(first_epoch, 2**62)
+    return epochs.flat_map(epoch).enumerate(start=first_epoch * size).skip(offset)
+
+
+def _epoch_length(one_epoch: tf.data.Dataset, count_all: bool) -> int:
+    """Elements in an epoch (1 when only checking that there is one, `count_all=False`)."""
+    counted = one_epoch if count_all else one_epoch.take(1)
+    size = int(counted.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    if size == 0:
+        raise ValueError("this input pipeline's share of the training split is empty "
+                         "(no readable or labelled examples)")
+    return size

@@ -22,7 +22,7 @@ from absl import logging
 
 from simclr_med import augment, preprocess
 from simclr_med.config import AugmentConfig
-from simclr_med.dataset import AUTOTUNE, Source, read_images
+from simclr_med.dataset import AUTOTUNE, Source, epoch_reader, read_images, shuffled_epochs
 
 LABEL_FIELDS = ("class_id", "labels", "label_mask")
 LABEL_FRACTIONS_FILE = "label_fractions.json"  # written by data_prep next to dataset_info.json
@@ -57,10 +57,14 @@ def _decoded(image: dict) -> tf.Tensor:
     return tf.image.convert_image_dtype(image["image"], tf.float32)
 
 
-def _read_selected(source: Source, split: str, label_fraction: float, **kwargs) -> tf.data.Dataset:
+def _check_label_fraction(source: Source, label_fraction: float) -> None:
     if label_fraction < 1.0 and source.tfds_name:
         raise ValueError("--label_fraction needs the patient subsets stored by data_prep; "
                          f"the TFDS data set {source.tfds_name!r} has none")
+
+
+def _read_selected(source: Source, split: str, label_fraction: float, **kwargs) -> tf.data.Dataset:
+    _check_label_fraction(source, label_fraction)
     return read_images(source, split, label_fraction=label_fraction, **kwargs).filter(is_labelled)
 
 
@@ -69,11 +73,15 @@ def training_dataset(source: Source, split: str, spec: LabelledSpec, batch_size:
                      input_context: Optional[tf.distribute.InputContext] = None
                      ) -> tf.data.Dataset:
     """Endless batches: `image` [B, S, S, 3] and the labels (`class_id` [B]; multi-label
-    `labels`, `label_mask` [B, L]). `start_example` skips that many images of this pipeline."""
+    `labels`, `label_mask` [B, L]). `start_example` skips that many images of this pipeline
+    (resuming; see `shuffled_epochs`)."""
     pipeline = input_context.input_pipeline_id if input_context else 0
-    images = _read_selected(source, split, spec.label_fraction, shuffle_files=True,
-                            seed=spec.seed, input_context=input_context)
-    images = images.shuffle(spec.shuffle_buffer, seed=spec.seed, reshuffle_each_iteration=True)
+    _check_label_fraction(source, spec.label_fraction)
+    read = epoch_reader(source, split, seed=spec.seed, input_context=input_context,
+                        label_fraction=spec.label_fraction)
+    images = shuffled_epochs(lambda epoch_seed: read(epoch_seed).filter(is_labelled),
+                             seed=spec.seed, shuffle_buffer=spec.shuffle_buffer,
+                             start_example=start_example)
 
     def to_example(index, image):
         seed = tf.stack([tf.constant(spec.seed * 1000 + pipeline, tf.int64), index])
@@ -82,8 +90,7 @@ def training_dataset(source: Source, split: str, spec: LabelledSpec, batch_size:
         example.update({k: image[k] for k in LABEL_FIELDS if k in image})
         return example
 
-    examples = images.repeat().enumerate().skip(start_example)
-    examples = examples.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    examples = images.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
     return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from simclr_med import augment, micle, preprocess
 from simclr_med.config import AugmentConfig
-from simclr_med.dataset import AUTOTUNE, Source, read_cases, read_images
+from simclr_med.dataset import AUTOTUNE, Source, epoch_reader, shuffled_epochs
 
 # Per-image label fields that follow the chosen images into the pair.
 _LABEL_FIELDS = ("class_id", "labels", "label_mask")
@@ -74,24 +74,18 @@ def pair_dataset(source: Source, split: str, spec: PairSpec, batch_size: int, *,
     """Endless batches of `batch_size` pairs: `views` [B, 2, S, S, 3], `image_index` [B, 2] and the
     chosen images' labels (`class_id` [B, 2]; multi-label `labels`, `label_mask` [B, 2, L]).
 
-    `start_example` skips that many pairs of this input pipeline (resuming): the skipped bags are
-    read and shuffled but not decoded. Without `spec.keep_ids` the batches hold no strings, so they
+    `start_example` skips that many pairs of this input pipeline (resuming; see
+    `shuffled_epochs`). Without `spec.keep_ids` the batches hold no strings, so they
     can go to any device. The map keeps its order (`deterministic=True`): the seeds come from
     positions, but which pairs share a batch must not depend on thread timing, or a resumed run
     would train on differently composed batches than an uninterrupted one.
     """
     pipeline = input_context.input_pipeline_id if input_context else 0
-    if spec.use_micle:
-        if source.tfds_name:
-            raise ValueError("MICLe needs case bags: use a data_prep build (--data_dir), "
-                             "not a TFDS data set")
-        bags = read_cases(source, split, shuffle_files=True, seed=spec.seed,
-                          input_context=input_context)
-    else:
-        bags = read_images(source, split, shuffle_files=True, seed=spec.seed,
-                           input_context=input_context).map(_as_bag)
-    bags = bags.shuffle(spec.shuffle_buffer, seed=spec.seed, reshuffle_each_iteration=True)
-    pairs = bags.repeat().enumerate().skip(start_example)
+    read = epoch_reader(source, split, cases=spec.use_micle, seed=spec.seed,
+                        input_context=input_context)
+    read_bags = read if spec.use_micle else (lambda epoch_seed: read(epoch_seed).map(_as_bag))
+    pairs = shuffled_epochs(read_bags, seed=spec.seed, shuffle_buffer=spec.shuffle_buffer,
+                            start_example=start_example)
 
     def to_pair(index, bag):
         seed = tf.stack([tf.constant(spec.seed * 1000 + pipeline, tf.int64), index])
