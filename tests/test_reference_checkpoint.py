@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import re
@@ -281,16 +282,23 @@ def test_fractional_width_and_sk_ratio_are_inferred(simclr_tf2_fixtures):
     assert architecture.assumptions == ()
 
 
-def test_convert_command_round_trip(simclr_tf2_fixtures, tmp_path, model_for):
-    folder = simclr_tf2_fixtures / SMALLEST
-    output_dir = tmp_path / "converted"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+@pytest.fixture(scope="module")
+def converted(simclr_tf2_fixtures, tmp_path_factory) -> tuple[pathlib.Path, str]:
+    """The smallest fixture through `python -m simclr_med.convert_checkpoint`, and its stdout."""
+    output_dir = tmp_path_factory.mktemp("converted")
     completed = subprocess.run(
-        [sys.executable, "-m", "simclr_med.convert_checkpoint", f"--source={folder}",
-         f"--output_dir={output_dir}"], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "simclr_med.convert_checkpoint",
+         f"--source={simclr_tf2_fixtures / SMALLEST}", f"--output_dir={output_dir}"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
         timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "loaded 121 variables" in completed.stdout
+    return output_dir, completed.stdout
+
+
+def test_convert_command_round_trip(simclr_tf2_fixtures, converted, model_for):
+    folder = simclr_tf2_fixtures / SMALLEST
+    output_dir, stdout = converted
+    assert "loaded 121 variables" in stdout
 
     record = checkpointing.ModelRecord.load(str(output_dir))
     assert (record.source, record.num_classes) == (str(folder), 10)
@@ -299,3 +307,38 @@ def test_convert_command_round_trip(simclr_tf2_fixtures, tmp_path, model_for):
     checkpointing.make_checkpoint(model).restore(
         checkpointing.resolve_checkpoint(str(output_dir))).assert_consumed()
     assert_matches_expected(model, folder)
+
+
+def test_pretraining_starts_from_a_converted_checkpoint(converted, synthetic_build, tmp_path,
+                                                        model_for):
+    """run.py --mode=pretrain --init_checkpoint=<converted fixture> trains and checkpoints in this
+    package's format; at learning rate 0 its convolution kernels are the fixture's."""
+    output_dir, _ = converted
+    record = checkpointing.ModelRecord.load(str(output_dir))
+    run_dir = tmp_path / "pretrain"
+    completed = subprocess.run(
+        [sys.executable, "run.py", "--mode=pretrain", f"--model_dir={run_dir}",
+         f"--data_dir={synthetic_build}", f"--init_checkpoint={output_dir}",
+         "--resnet_depth=18", "--width_multiplier=0.25", "--image_size=32",
+         f"--proj_out_dim={record.model.proj_out_dim}", "--train_batch_size=8",
+         "--train_steps=2", "--steps_per_loop=1", "--learning_rate=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "initialised backbone and 3 projection-head layer(s)" in completed.stderr
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 2 and np.isfinite(summary["loss"])
+    trained = checkpointing.ModelRecord.load(str(run_dir))
+    assert trained.source == "pretrain" and trained.model == record.model
+
+    def kernels(folder: pathlib.Path, num_classes: int) -> list[np.ndarray]:
+        model = model_for(record.model, num_classes)
+        checkpointing.make_checkpoint(model).restore(
+            checkpointing.resolve_checkpoint(str(folder))).expect_partial()
+        return [v.numpy() for v in model.resnet.trainable_variables if v.path.endswith("kernel")]
+
+    start, after = kernels(output_dir, record.num_classes), kernels(run_dir, trained.num_classes)
+    assert len(start) == len(after) > 20
+    for index, (before, now) in enumerate(zip(start, after)):
+        assert np.any(before != 0), index  # model_for zeroes variables: the restore assigned
+        np.testing.assert_array_equal(now, before, err_msg=f"kernel {index}")
