@@ -155,7 +155,9 @@ class Trainer:
                 self.manager.save(checkpoint_number=self.step)
                 if on_checkpoint:
                     results.update(on_checkpoint(self.step))
-            self._log(results, timed_seconds / max(timed_steps, 1) * (stop - self.step))
+            # Until a loop is timed, the first one (tracing included) gives a pessimistic ETA.
+            per_step = timed_seconds / timed_steps if timed_steps else seconds / n
+            self._log(results, per_step * (stop - self.step))
         summary = {"mode": s.mode, "global_step": self.step, "train_steps": s.total_steps,
                    "resumed_from_step": start,
                    "checkpoint": tf.train.latest_checkpoint(s.model_dir),
