@@ -57,14 +57,14 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(synthetic_bui
     uninterrupted = _run_py(*common, f"--model_dir={straight}")
     victim = _run_py(*common, f"--model_dir={killed}")
     deadline = time.time() + 240
-    while not list(killed.glob("ckpt-4.index")) and time.time() < deadline:
+    while _latest_step(killed) < 4 and time.time() < deadline:  # ckpt-4 recorded as latest
         assert victim.poll() is None, victim.communicate()[0][-3000:]
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
     _finish(uninterrupted)
-    last_before_kill = int(tf.train.latest_checkpoint(str(killed)).rsplit("-", 1)[1])
+    last_before_kill = _latest_step(killed)
     assert 4 <= last_before_kill < 24
 
     output = _finish(_run_py(*common, f"--model_dir={killed}"))
@@ -82,6 +82,13 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(synthetic_bui
     assert summary["mode"] == "pretrain" and summary["images_per_second"] > 0
     assert {"loss", "contrast_accuracy", "contrast_entropy", "learning_rate", "weight_norm",
             "images_per_second", "augmented_pairs"} <= _event_tags(straight)
+
+
+def _latest_step(model_dir: pathlib.Path) -> int:
+    """The step of the checkpoint the `checkpoint` state file names (0 if none); a checkpoint's
+    files appear before the state file names it."""
+    latest = tf.train.latest_checkpoint(str(model_dir))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 def _tiny_pretrain(build: pathlib.Path, model_dir: pathlib.Path, steps: int,
