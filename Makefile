@@ -16,8 +16,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# Two test processes: much of the suite is single-threaded tracing and subprocess start-up, so
+# two processes finish in about 9 minutes on 2 cores where one takes 12 (`PYTEST_WORKERS=0`: one).
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --timeout=900
+	$(PY) -m pytest -q --timeout=900 -n $(PYTEST_WORKERS)
 
 # The whole job on the built-in SYNTHETIC data: build TFRecords -> MICLe pretraining -> fine-tuning
 # with 10% of the labels -> evaluation with confidence intervals -> SavedModel export -> predict.
