@@ -170,17 +170,23 @@ def shuffled_epochs(read: Callable[[tf.Tensor], tf.data.Dataset], *, seed: int,
     right epoch and skips only the elements before the position within it: the cost does not grow
     with the epochs already trained, as it would with `repeat().skip(n)`.
     """
-    def epoch(index: tf.Tensor) -> tf.data.Dataset:
+    def epoch_seed(index: tf.Tensor) -> tf.Tensor:
+        return tf.constant(seed, tf.int64) * 1_000_003 + index
+
+    def unshuffled(index: tf.Tensor) -> tf.data.Dataset:
         # Runs inside a tf.data function, whose graph-level seed is its own: fixing it makes the
         # stream depend on `seed` alone, and lets the shuffles take tensor seeds (which
         # `Dataset.shuffle` rejects when TensorFlow's global seed is 0).
         tf.random.set_seed(1)
-        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + index
-        return read(epoch_seed).shuffle(shuffle_buffer, seed=epoch_seed,
-                                        reshuffle_each_iteration=False)
+        return read(epoch_seed(index))
 
-    first = tf.data.Dataset.range(1).flat_map(epoch)
-    size = _epoch_length(first, count_all=start_example > 0)
+    def epoch(index: tf.Tensor) -> tf.data.Dataset:
+        return unshuffled(index).shuffle(shuffle_buffer, seed=epoch_seed(index),
+                                         reshuffle_each_iteration=False)
+
+    # Counting (or checking for one element) needs no shuffle buffer to fill.
+    size = _epoch_length(tf.data.Dataset.range(1).flat_map(unshuffled),
+                         count_all=start_example > 0)
     first_epoch, offset = divmod(start_example, size) if start_example else (0, 0)
     epochs = tf.data.Dataset.range(first_epoch, 2**62)
     return epochs.flat_map(epoch).enumerate(start=first_epoch * size).skip(offset)

@@ -21,8 +21,10 @@ import tensorflow as tf
 from PIL import Image
 
 from simclr_med import augment, micle, preprocess, schema
+from simclr_med.config import StrategyConfig
 from simclr_med.dataset import Source, open_build, read_cases
 from simclr_med.pretrain_input import PairSpec, make_pair, pair_dataset
+from simclr_med.strategy import build_strategy
 from simclr_med.trainer import distributed_input
 
 BAG_SIZES = (1, 1, 1, 2, 3, 4, 5, 6, 12)  # case c holds BAG_SIZES[c] images
@@ -200,7 +202,7 @@ def _distributed(strategy: tf.distribute.Strategy, source: Source, spec: PairSpe
 
 def _mirrored_two_devices(source: Source, spec: PairSpec, pairs: int) -> dict:
     """Through `distribute_datasets_from_function` on a MirroredStrategy over 2 CPU devices."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
     dataset = _distributed(strategy, source, spec, global_batch=90)
     batches = []
     for batch in itertools.islice(dataset, pairs // 90):
@@ -290,9 +292,9 @@ def test_a_resumed_stream_continues_the_uninterrupted_one(bags, use_micle):
     _same_batches(resumed, straight[10:])
 
 
-def test_a_resumed_distributed_stream_continues_on_every_replica(bags):
+def test_a_resumed_distributed_stream_continues_on_every_replica(bags, two_cpu_strategy):
     """Through the strategy's input, 2 replicas: the start step is turned into the right skip."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     spec = PairSpec(use_micle=True, augment=augment.preset("cxr"), image_size=PIXELS, seed=3)
 
     def replica_batches(start_step: int, steps: int) -> list[dict]:
