@@ -119,11 +119,12 @@ def verify_checksums(data_dir: str, info: schema.DatasetInfo) -> None:
     started = time.perf_counter()
     check_sizes(data_dir, info)
     if info.shards:
-        problems = [f"{data_dir}/{shard.file}: SHA-256 {actual} differs from {shard.sha256} in "
-                    f"{schema.DATASET_INFO_FILE} (changed in place)"
-                    for shards in info.shards.values() for shard in shards
-                    if (actual := describe_shard(f"{data_dir}/{shard.file}").sha256)
-                    != shard.sha256]
+        problems = []
+        for shard in (shard for shards in info.shards.values() for shard in shards):
+            actual = describe_shard(f"{data_dir}/{shard.file}").sha256
+            if actual != shard.sha256:
+                problems.append(f"{data_dir}/{shard.file}: SHA-256 {actual} differs from "
+                                f"{shard.sha256} in {schema.DATASET_INFO_FILE} (changed in place)")
         checked = "SHA-256"
     else:
         problems = damaged_records(data_dir, info)
@@ -136,24 +137,23 @@ def verify_checksums(data_dir: str, info: schema.DatasetInfo) -> None:
 
 
 def _record_error(path: str) -> str:
-    """What TensorFlow's reader finds wrong in a shard ("corrupted record at N"), or ""."""
+    """What TensorFlow's reader finds wrong in a shard, or "" when every record reads back."""
     records = tf.data.TFRecordDataset(path, buffer_size=READ_CHUNK_BYTES)
     try:
         records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
-    except (tf.errors.DataLossError, tf.errors.NotFoundError) as error:
-        found = re.search(r"\w+ record at \d+", error.message)
-        return found.group(0) if found else error.message
+    except tf.errors.NotFoundError:
+        return "missing"
+    except tf.errors.DataLossError as error:
+        found = re.search(r"\w+ record at \d+", error.message)  # "corrupted record at 606523"
+        return (f"{found.group(0) if found else error.message} (a record's length or CRC does "
+                "not match: the file changed after it was built)")
     return ""
 
 
 def damaged_records(data_dir: str, info: schema.DatasetInfo) -> list[str]:
     """`<path>: <what is wrong>` for each shard whose records do not read back intact."""
-    problems = []
-    for paths in _split_shards(data_dir, info).values():
-        problems += [f"{path}: {error} (a record's length or CRC does not match: the file "
-                     f"changed after it was built)" for path in paths
-                     if (error := _record_error(path))]
-    return problems
+    return [f"{path}: {error}" for paths in _split_shards(data_dir, info).values()
+            for path in paths if (error := _record_error(path))]
 
 
 def names_damaged_shards(function: F) -> F:
@@ -176,6 +176,8 @@ def names_damaged_shards(function: F) -> F:
                           source.data_dir)
             problems = damaged_records(source.data_dir, source.info)
             if not problems:
+                logging.error("every shard of %s reads back intact: the error is not theirs",
+                              source.data_dir)
                 raise
             raise DamagedBuildError(source.data_dir, problems) from error
 

@@ -23,7 +23,7 @@ from simclr_med import augment, evaluate, schema
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
 from simclr_med.dataset import open_build
 from simclr_med.errors import UserError
-from simclr_med.integrity import DamagedBuildError
+from simclr_med.integrity import DamagedBuildError, names_damaged_shards
 from simclr_med.pretrain import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -172,3 +172,13 @@ def test_training_and_evaluation_stop_naming_the_damaged_shard(build_copy, tmp_p
         evaluate.evaluate(str(model_dir), source, "test", evaluate.EvalConfig(plots=False))
     assert [problem.split(": ")[0] for problem in raised.value.problems] == [
         str(build_copy / TEST_SHARD), str(build_copy / TRAIN_SHARD)]
+
+
+def test_a_data_loss_error_from_elsewhere_propagates_unchanged(synthetic_build):
+    """E.g. a damaged checkpoint: the build's shards read back intact, so it is not blamed."""
+    @names_damaged_shards
+    def restore_then_read(source):
+        raise tf.errors.DataLossError(None, None, "Checksum does not match")
+
+    with pytest.raises(tf.errors.DataLossError, match="Checksum does not match"):
+        restore_then_read(open_build(str(synthetic_build)))
