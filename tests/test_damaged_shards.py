@@ -46,15 +46,12 @@ def _zero_middle(path: pathlib.Path) -> None:
 
 def _assert_says_how_to_rebuild(message: str, build: pathlib.Path) -> None:
     """The message ends with the build's data_prep command, made to rebuild in place."""
-    recorded = json.loads((build / schema.REPORT_FILE).read_text())["command"]
-    assert f"--output_dir={build}" not in recorded  # the copy is not where it was built
-    rebuild = recorded.replace(f"--output_dir={_built_into(build)}", f"--output_dir={build}")
+    report = json.loads((build / schema.REPORT_FILE).read_text())
+    assert report["output_dir"] != str(build)  # the copy is not where it was built
+    rebuild = report["command"].replace(f"--output_dir={report['output_dir']}",
+                                        f"--output_dir={build}")
     assert message.endswith(f"(from report.json): {rebuild} --overwrite")
     assert "\n" not in message  # entry points print it as one line
-
-
-def _built_into(build: pathlib.Path) -> str:
-    return json.loads((build / schema.REPORT_FILE).read_text())["output_dir"]
 
 
 def test_dataset_info_records_every_shard_with_its_size_and_sha256(synthetic_build):
@@ -68,6 +65,14 @@ def test_dataset_info_records_every_shard_with_its_size_and_sha256(synthetic_bui
         content = (synthetic_build / name).read_bytes()
         assert shard.bytes == len(content)
         assert shard.sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_the_synthetic_build_records_a_command_that_names_its_final_folders(synthetic_build):
+    """It is built in a staging folder and moved: the recorded command must name where it is."""
+    words = dict(word.split("=", 1) for word in shlex.split(
+        json.loads((synthetic_build / schema.REPORT_FILE).read_text())["command"])[3:])
+    assert words["--output_dir"] == str(synthetic_build)
+    assert os.path.isfile(words["--manifest"]) and os.path.isdir(words["--image_root"])
 
 
 def test_the_recorded_command_gives_the_same_build_config(tmp_path):
