@@ -30,11 +30,11 @@ def open_source(data: DataConfig) -> dataset.Source:
     if data.tfds_dataset:
         return dataset.open_tfds(data.tfds_dataset, data.tfds_data_dir)
     if data.data_dir:
-        return dataset.open_build(data.data_dir)
+        return dataset.open_build(data.data_dir, verify=data.verify_data)
     data_dir = synthetic.default_build()
     logging.info("no --data_dir or --tfds_dataset: using the built-in SYNTHETIC data set at %s",
                  data_dir)
-    return dataset.open_build(data_dir)
+    return dataset.open_build(data_dir, verify=data.verify_data)
 
 
 def export_model() -> None:

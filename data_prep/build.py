@@ -33,7 +33,7 @@ from tqdm import tqdm
 from data_prep import formats, images, manifest, parallel, splits, writer
 from data_prep.config import BuildConfig
 from data_prep.manifest import ImageRow, ManifestError
-from data_prep.report import REPORT_FILE, BuildError, Ledger, format_summary, save_json
+from data_prep.report import BuildError, Ledger, format_summary, save_json
 from simclr_med import schema
 
 LABEL_FRACTIONS_FILE = "label_fractions.json"
@@ -101,7 +101,7 @@ def build_dataset(config: BuildConfig) -> dict:
 
     split_counts = {split: tallies[split].counts() for split in SPLITS}
     schema.DatasetInfo(task=source.task, names=list(source.names), split_counts=split_counts,
-                       source_format=config.format).save(config.output_dir)
+                       source_format=config.format, shards=shards).save(config.output_dir)
     save_json(_label_fractions(cases, tallies[splits.TRAIN], config.split_seed),
               f"{config.output_dir}/{LABEL_FRACTIONS_FILE}")
     report = ledger.report(
@@ -109,9 +109,10 @@ def build_dataset(config: BuildConfig) -> dict:
          for split in SPLITS},
         time.perf_counter() - started, format=config.format, output_dir=config.output_dir,
         num_workers=config.workers, empty_cases=empty_cases,
-        shards={split: len(names) for split, names in shards.items()},
+        shards={split: len(split_shards) for split, split_shards in shards.items()},
+        command=config.command_line(),
         stage_seconds={stage: round(seconds, 3) for stage, seconds in stages.items()})
-    save_json(report, f"{config.output_dir}/{REPORT_FILE}")
+    save_json(report, f"{config.output_dir}/{schema.REPORT_FILE}")
     return report
 
 
@@ -189,7 +190,8 @@ def _label_fraction_ranks(cases: list[_Case], task: str, seed: int) -> dict[str,
 
 
 def _write_cases(cases: list[_Case], num_labels: int, config: BuildConfig, image_root: str,
-                 ledger: Ledger) -> tuple[dict[str, _SplitTally], dict[str, list[str]], int]:
+                 ledger: Ledger) -> tuple[dict[str, _SplitTally], dict[str, list[schema.ShardInfo]],
+                                          int]:
     """Reads the images in parallel and writes one record per case; returns what was written."""
     ordered = sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
         config.split_seed, "order", case.case_id), case.case_id))

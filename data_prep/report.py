@@ -11,7 +11,6 @@ import json
 
 import tensorflow as tf
 
-REPORT_FILE = "report.json"
 MAX_EXAMPLES = 20
 
 

@@ -29,6 +29,9 @@ flags.DEFINE_string("eval_split", "validation", "Split to evaluate on.")
 flags.DEFINE_string("tfds_dataset", "", "A TFDS image-classification data set (e.g. cifar10).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder.")
 flags.DEFINE_integer("shuffle_buffer", 2048, "Shuffle buffer of training examples.")
+flags.DEFINE_boolean("verify_data", False, "Check the SHA-256 of every shard of --data_dir "
+                     "against its dataset_info.json before starting (reads the whole build); "
+                     "without it only the shard sizes are checked.")
 
 # Model.
 flags.DEFINE_integer("resnet_depth", 50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")

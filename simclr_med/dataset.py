@@ -4,6 +4,9 @@ A data_prep build holds one record per case (see `simclr_med.schema`). MICLe rea
 SimCLR, fine-tuning and evaluation read the flattened images, each carrying its case and patient id.
 Files are interleaved (and shuffled when training); with several input pipelines (multi-worker
 training) each reads a disjoint part: whole files when there are enough, else every n-th record.
+Opening a build checks its shards (`simclr_med.integrity`); the functions that train or evaluate
+on a `Source` are decorated with `integrity.names_damaged_shards`, which names the shard behind
+a damaged-record error.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Callable, Optional, Union
 
 import tensorflow as tf
 
-from simclr_med import schema
+from simclr_med import integrity, schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 Seed = Union[int, tf.Tensor]  # a Python int, or an int64 scalar inside a tf.data function
@@ -37,8 +40,16 @@ class Source:
         return int(counts[unit])
 
 
-def open_build(data_dir: str) -> Source:
-    return Source(info=schema.DatasetInfo.load(data_dir), data_dir=data_dir)
+def open_build(data_dir: str, verify: bool = False) -> Source:
+    """A data_prep build, after checking that its shards have their recorded sizes (a stat per
+    shard) and, with `verify`, their SHA-256 (reads every shard); a damaged build raises
+    `integrity.DamagedBuildError`, naming the shards and how to rebuild them."""
+    info = schema.DatasetInfo.load(data_dir)
+    if verify:
+        integrity.verify_checksums(data_dir, info)
+    else:
+        integrity.check_sizes(data_dir, info)
+    return Source(info=info, data_dir=data_dir)
 
 
 def open_tfds(name: str, data_dir: Optional[str] = None) -> Source:
@@ -55,7 +66,7 @@ def open_tfds(name: str, data_dir: Optional[str] = None) -> Source:
 
 
 def shard_files(data_dir: str, split: str) -> list[str]:
-    files = sorted(tf.io.gfile.glob(schema.shard_pattern(data_dir, split)))
+    files = schema.shard_paths(data_dir, split)
     if not files:
         raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir!r} "
                                 f"(expected {split}-NNNNN-of-MMMMM.tfrecord)")

@@ -25,6 +25,7 @@ from scipy import special
 
 from simclr_med import checkpointing, label_mapping, metrics, plots, schema
 from simclr_med.dataset import Source
+from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import LABEL_FIELDS, evaluation_dataset
 from simclr_med.model import SimCLRModel
 from simclr_med.trainer import write_json
@@ -186,6 +187,7 @@ def restore(model: SimCLRModel, prefix: str) -> int:
     return int(step.numpy())
 
 
+@names_damaged_shards
 def evaluate(model_dir: str, source: Source, split: str,
              config: EvalConfig = EvalConfig()) -> dict:
     """Evaluates the model of `model_dir` on `split` of `source`; writes the files (into

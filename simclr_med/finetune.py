@@ -30,6 +30,7 @@ from absl import logging
 from simclr_med import checkpointing, evaluate, metrics, schedule, supervised
 from simclr_med.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
 from simclr_med.dataset import Source
+from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
                                        training_dataset)
 from simclr_med.model import SimCLRModel, no_decay_variables
@@ -105,6 +106,7 @@ class BestCheckpoint:
         return True
 
 
+@names_damaged_shards
 def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
              source: Source, train: TrainConfig, config: FinetuneConfig,
              strategy: tf.distribute.Strategy, split: str = "train") -> dict:

@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from simclr_med import checkpointing, evaluate, metrics, schema
 from simclr_med.config import ModelConfig
 from simclr_med.dataset import Source
+from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import evaluation_dataset
 from simclr_med.model import SimCLRModel
 from simclr_med.trainer import write_json
@@ -129,6 +130,7 @@ def load_encoder(model_dir: str, init_checkpoint: str, model_config: ModelConfig
     return model, prefix, evaluate.restore(model, prefix)
 
 
+@names_damaged_shards
 def linear_eval(model: SimCLRModel, source: Source, config: LinearEvalConfig,
                 eval_config: evaluate.EvalConfig, model_dir: str, *, checkpoint: str,
                 global_step: int) -> dict:

@@ -100,8 +100,10 @@ def read_build(output_dir, num_labels: int = 0) -> dict[str, list[dict]]:
 
 
 def _shard_bytes(output_dir) -> dict[str, bytes]:
+    """The shards and dataset_info.json (which records their sizes and SHA-256), by name."""
     return {os.path.basename(p): open(p, "rb").read()
-            for p in sorted(glob.glob(f"{output_dir}/*.tfrecord"))}
+            for p in sorted(glob.glob(f"{output_dir}/*.tfrecord"))
+            + [f"{output_dir}/{schema.DATASET_INFO_FILE}"]}
 
 
 def test_every_row_is_accounted_for(built, data_set):

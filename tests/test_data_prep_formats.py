@@ -215,8 +215,9 @@ def test_chexpert_from_the_command_line_matches_the_library(tmp_path):
     assert sum(split["cases"] for split in report["splits"].values()) == 16
     build_dataset(_config(tmp_path, case_key="study", uncertainty="ones", num_workers=1,
                           progress=False, output_dir=str(tmp_path / "library")))
-    for shard in sorted((tmp_path / "cli").glob("*.tfrecord")):
-        assert shard.read_bytes() == (tmp_path / "library" / shard.name).read_bytes(), shard.name
+    outputs = sorted((tmp_path / "cli").glob("*.tfrecord")) + [tmp_path / "cli" / "dataset_info.json"]
+    for output in outputs:
+        assert output.read_bytes() == (tmp_path / "library" / output.name).read_bytes(), output.name
 
 
 def test_entry_point_names_a_bad_manifest(tmp_path):
