@@ -7,6 +7,7 @@ import dataclasses
 from absl import flags
 
 from data_prep.config import CASE_KEYS, FORMATS, ON_ERROR, UNCERTAINTY_POLICIES, BuildConfig
+from flags.entry_point import from_flags
 
 FLAGS = flags.FLAGS
 
@@ -68,4 +69,4 @@ def build_config() -> BuildConfig:
     for field in dataclasses.fields(BuildConfig):
         value = FLAGS[_RENAMED.get(field.name, field.name)].value
         values[field.name] = tuple(value) if isinstance(value, list) else value
-    return BuildConfig(**values)
+    return from_flags(BuildConfig, **values)
