@@ -5,19 +5,25 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 # `make` installs the package with these extras at the versions pinned in CONSTRAINTS: every
-# package, direct and transitive, as the test suite last passed with it (`make upgrade` renews
-# the pins). `make CONSTRAINTS= install` takes the newest versions setup.cfg allows instead.
+# package, direct and transitive, as the whole suite last passed with them (`make upgrade` renews
+# the pins). The pins hold for the Python version named in the file's header; with another one,
+# or with `make CONSTRAINTS= install`, pip takes the newest versions setup.cfg allows.
 EXTRAS      ?= dev
 CONSTRAINTS ?= constraints.txt
-PIP_INSTALL  = $(PY) -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS))
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PINNED_PYTHON  := $(if $(CONSTRAINTS),$(shell sed -n \
+  '1,5s/.* on Python \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' $(CONSTRAINTS) | head -n 1))
+PINS := $(if $(filter $(PYTHON_VERSION),$(PINNED_PYTHON)),--constraint $(CONSTRAINTS))
 
 .PHONY: install test upgrade demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
+	@$(if $(CONSTRAINTS),$(if $(PINS),,echo "note: $(CONSTRAINTS) pins versions for Python \
+	  $(PINNED_PYTHON), this is $(PYTHON_VERSION): installing the newest versions setup.cfg allows"))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) $(if $(CONSTRAINTS),--build-constraint $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet $(PINS) --upgrade pip
+	$(PY) -m pip install --quiet $(PINS) $(PINS:--constraint=--build-constraint) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,9 +48,10 @@ test: $(STAMP)
 # To try a newer release series than setup.cfg allows, raise its upper bound first.
 UPGRADE_VENV := .venv-upgrade
 UPGRADE_PY   := $(UPGRADE_VENV)/bin/python
-PINS_HEADER  := 'import platform as p; print("\# Every package of .[$(EXTRAS)], direct and transitive, \
-  at the versions the whole suite\n\# passed with. Written by make upgrade on Python", \
-  p.python_version(), p.system(), p.machine() + "; do not edit by hand.")'
+PINS_HEADER  := 'import platform as p, sys; print(f"\# Every package of .[$(EXTRAS)], direct and \
+  transitive, at the versions the whole suite passed\n\# with, written by make upgrade on Python \
+  {sys.version_info[0]}.{sys.version_info[1]} ({p.python_version()}, {p.system()} {p.machine()}); \
+  do not edit by hand.")'
 upgrade:
 	rm -rf $(UPGRADE_VENV)
 	$(PYTHON) -m venv $(UPGRADE_VENV)
