@@ -2,10 +2,15 @@
 a user error told in one line, `<command>: error: <message>` on stderr, with exit status 2.
 
     from flags import entry_point
-    entry_point.import_tensorflow_quietly()  # first, before anything imports TensorFlow
+
+    if __name__ == "__main__":  # before the module's other imports load TensorFlow
+        entry_point.import_tensorflow_quietly()
     ...
     if __name__ == "__main__":
         entry_point.run(main)
+
+(The guard keeps a module that is also a library, such as `data_prep.build`, from changing a
+program's stderr when it is imported; bench scripts, never imported, call it unguarded.)
 
 User errors are `simclr_med.errors.UserError` (and its subclasses), absl's flag errors (an unknown
 flag, a bad enum value, a missing required flag) and `app.UsageError`. Every other exception is a
