@@ -6,6 +6,11 @@ described in the README.
 
 from __future__ import annotations
 
+from flags import entry_point
+
+if __name__ == "__main__":  # hide TensorFlow's start-up notices, before the imports below load it
+    entry_point.import_tensorflow_quietly()
+
 from absl import app, flags, logging
 
 from flags import export_flags, finetune_flags, run_flags
@@ -45,9 +50,7 @@ def export_model() -> None:
           + "\n".join(f"  {name}: {path}" for name, path in result.paths.items()))
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main() -> None:
     if FLAGS.mode == "export":  # needs neither data nor a distribution strategy
         export_model()
         return
@@ -87,4 +90,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    entry_point.run(main)

@@ -17,6 +17,7 @@ import math
 import tensorflow as tf
 
 from simclr_med import integrity, schema
+from simclr_med.errors import UserError
 
 _BUILD_FILES = ("*-of-*.tfrecord", ".*.tfrecord.incomplete", schema.DATASET_INFO_FILE,
                 schema.REPORT_FILE, "label_fractions.json")
@@ -28,8 +29,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     existing = sorted(path for pattern in _BUILD_FILES
                       for path in tf.io.gfile.glob(f"{output_dir}/{pattern}"))
     if existing and not overwrite:
-        raise FileExistsError(f"{output_dir} already holds a build ({len(existing)} files, e.g. "
-                              f"{existing[0]}); pass --overwrite to replace it")
+        raise UserError(f"{output_dir} already holds a build ({len(existing)} files, e.g. "
+                        f"{existing[0]}); pass --overwrite to replace it")
     for path in existing:
         tf.io.gfile.remove(path)
 

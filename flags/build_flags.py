@@ -8,6 +8,7 @@ from absl import flags
 
 from data_prep.config import (CASE_KEYS, FLAG_NAMES, FORMATS, ON_ERROR,
                               UNCERTAINTY_POLICIES, BuildConfig)
+from flags.entry_point import from_flags
 
 FLAGS = flags.FLAGS
 
@@ -67,4 +68,4 @@ def build_config() -> BuildConfig:
     for field in dataclasses.fields(BuildConfig):
         value = FLAGS[FLAG_NAMES.get(field.name, field.name)].value
         values[field.name] = tuple(value) if isinstance(value, list) else value
-    return BuildConfig(**values)
+    return from_flags(BuildConfig, **values)

@@ -10,6 +10,7 @@ import dataclasses
 
 from absl import flags
 
+from flags.entry_point import from_flags
 from simclr_med import augment
 from simclr_med.config import (AugmentConfig, DataConfig, ModelConfig, OptimConfig,
                                PretrainConfig, StrategyConfig, TrainConfig)
@@ -112,34 +113,39 @@ def _fields(config_class) -> dict:
             if f.name in FLAGS}
 
 
+def _config(config_class):
+    """The `config_class` of the flags named like its fields."""
+    return from_flags(config_class, **_fields(config_class))
+
+
 def model_config() -> ModelConfig:
-    return ModelConfig(**_fields(ModelConfig))
+    return _config(ModelConfig)
 
 
 def optim_config() -> OptimConfig:
-    return OptimConfig(**_fields(OptimConfig))
+    return _config(OptimConfig)
 
 
 def augment_config(preset: str = "") -> AugmentConfig:
     """The `preset` (default: --augmentation) with the augmentation flags that are set."""
     overrides = {k: v for k, v in _fields(AugmentConfig).items() if v is not None}
-    return augment.preset(preset or FLAGS.augmentation, **overrides)
+    return from_flags(augment.preset, preset or FLAGS.augmentation, **overrides)
 
 
 def strategy_config() -> StrategyConfig:
-    return StrategyConfig(**_fields(StrategyConfig))
+    return _config(StrategyConfig)
 
 
 def data_config() -> DataConfig:
-    return DataConfig(**_fields(DataConfig))
+    return _config(DataConfig)
 
 
 def train_config() -> TrainConfig:
-    return TrainConfig(**_fields(TrainConfig))
+    return _config(TrainConfig)
 
 
 def pretrain_config() -> PretrainConfig:
-    return PretrainConfig(**_fields(PretrainConfig))
+    return _config(PretrainConfig)
 
 
 def flag_values() -> dict:

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Union
 import tensorflow as tf
 
 from simclr_med import integrity, schema
+from simclr_med.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 Seed = Union[int, tf.Tensor]  # a Python int, or an int64 scalar inside a tf.data function
@@ -35,8 +36,8 @@ class Source:
         """Images (or cases/patients) in a split, from the build's counts."""
         counts = self.info.split_counts.get(split)
         if not counts or unit not in counts:
-            raise ValueError(f"no {unit} count for split {split!r}; the data set has "
-                             f"{sorted(self.info.split_counts)}")
+            raise UserError(f"no {unit} count for split {split!r}; the data set has "
+                            f"{sorted(self.info.split_counts)}")
         return int(counts[unit])
 
 
@@ -68,8 +69,8 @@ def open_tfds(name: str, data_dir: Optional[str] = None) -> Source:
 def shard_files(data_dir: str, split: str) -> list[str]:
     files = schema.shard_paths(data_dir, split)
     if not files:
-        raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir!r} "
-                                f"(expected {split}-NNNNN-of-MMMMM.tfrecord)")
+        raise UserError(f"no TFRecord shards for split {split!r} in {data_dir!r} "
+                        f"(expected {split}-NNNNN-of-MMMMM.tfrecord)")
     return files
 
 
@@ -102,7 +103,7 @@ def read_cases(source: Source, split: str, *, shuffle_files: bool = False, seed:
 def select_label_fraction(cases: tf.data.Dataset, fraction: float) -> tf.data.Dataset:
     """The nested, class-stratified subset of training patients stored by data_prep."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+        raise UserError(f"label_fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return cases
     return cases.filter(lambda case: case["label_fraction_rank"] <= fraction)
@@ -159,8 +160,8 @@ def epoch_reader(source: Source, split: str, *, cases: bool = False, seed: int =
     the epoch's seed. TFDS files keep one order (from `seed`); the shuffle buffer still differs."""
     if source.tfds_name:
         if cases:
-            raise ValueError(f"MICLe needs case bags: use a data_prep build (--data_dir), not "
-                             f"the TFDS data set {source.tfds_name!r}")
+            raise UserError(f"MICLe needs case bags: use a data_prep build (--data_dir), not "
+                            f"the TFDS data set {source.tfds_name!r}")
         images = read_images(source, split, shuffle_files=True, seed=seed,
                              input_context=input_context, label_fraction=label_fraction)
         return lambda epoch_seed: images
@@ -208,6 +209,6 @@ def _epoch_length(one_epoch: tf.data.Dataset, count_all: bool) -> int:
     counted = one_epoch if count_all else one_epoch.take(1)
     size = int(counted.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
     if size == 0:
-        raise ValueError("this input pipeline's share of the training split is empty "
-                         "(no readable or labelled examples)")
+        raise UserError("this input pipeline's share of the training split is empty "
+                        "(no readable or labelled examples)")
     return size

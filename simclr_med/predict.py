@@ -9,12 +9,19 @@ exporter (`simclr_med.export`) writes them under these names. Flags: flags/predi
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: hide TensorFlow's start-up notices before it loads
+    from flags import entry_point
+
+    entry_point.import_tensorflow_quietly()
+
 import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
+
+from simclr_med.errors import UserError
 
 SERVING_DIR = "serving"
 SERVING_SIGNATURE = "serving_default"  # TensorFlow Serving's default signature key
@@ -32,7 +39,7 @@ def serving_path(export_dir: str) -> str:
         return export_dir
     path = os.path.join(export_dir, SERVING_DIR)
     if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        raise FileNotFoundError(
+        raise UserError(
             f"no serving SavedModel in {export_dir!r} (expected {path}/saved_model.pb): export a "
             "fine-tuned model with `python run.py --mode=export --model_dir=... --export_dir=...`")
     return path
@@ -100,10 +107,9 @@ def run(export_dir: str, images: list[str], top_k: int) -> int:
     return failed
 
 
-def main(argv: list[str]) -> None:
-    images = argv[1:]
+def main(images: list[str]) -> None:
     if not images:
-        raise app.UsageError("name one or more image files (PNG or JPEG) after the flags")
+        raise UserError("name one or more image files (PNG or JPEG) after the flags")
     failed = run(predict_flags.export_dir(), images, predict_flags.top_k())
     if failed:
         raise SystemExit(f"predict: {failed} of {len(images)} image(s) could not be read")
@@ -115,4 +121,4 @@ if __name__ == "__main__":
     from flags import predict_flags
 
     flags.adopt_module_key_flags(predict_flags)
-    app.run(main)
+    entry_point.run(main, takes_args=True)

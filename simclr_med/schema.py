@@ -21,6 +21,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from simclr_med.errors import UserError
+
 SCHEMA_VERSION = 1
 
 CASE_ID = "case/id"
@@ -212,7 +214,7 @@ class DatasetInfo:
     def load(cls, directory: str) -> "DatasetInfo":
         path = f"{directory}/{DATASET_INFO_FILE}"
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {directory!r} a data_prep output folder?")
+            raise UserError(f"{path} not found: is {directory!r} a data_prep output folder?")
         with tf.io.gfile.GFile(path) as f:
             return cls.from_json(json.load(f))
 

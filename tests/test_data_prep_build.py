@@ -19,6 +19,7 @@ from data_prep.config import BuildConfig
 from data_prep.manifest import ManifestError
 from data_prep.report import BuildError
 from simclr_med import schema
+from simclr_med.errors import UserError
 
 CLASSES = ("benign", "malignant", "unclear")
 HEADER = "path,lesion,patient,diagnosis"
@@ -198,7 +199,7 @@ def _subset_manifest(tmp_path, lines: list[str]):
 
 def test_existing_build_needs_overwrite(built, data_set):
     root, output_dir, _ = built
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(UserError, match="--overwrite"):
         build_dataset(_config(root, output_dir))
 
 

@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 from data_prep.formats import CHEXPERT_OBSERVATIONS, HAM10000_CLASSES, NIH_FINDINGS
 from simclr_med import evaluate, label_mapping, metrics, plots, schema
+from simclr_med.errors import UserError
 
 
 def test_nih_and_chexpert_share_seven_findings_through_the_table():
@@ -51,11 +52,11 @@ def test_multiclass_alignment_reorders_renamed_classes_and_refuses_unknown_ones(
         -1, HAM10000_CLASSES.index("nv")]
     assert probs.shape == (4, 7) and np.allclose(probs.sum(axis=1), 1)
 
-    with pytest.raises(ValueError, match=r"\['SCC'\] are not among the model's classes"):
+    with pytest.raises(UserError, match=r"\['SCC'\] are not among the model's classes"):
         evaluate.align("multiclass", HAM10000_CLASSES, _info("multiclass", ["nv", "SCC"]))
-    with pytest.raises(ValueError, match="the model is multilabel .* the data set is multiclass"):
+    with pytest.raises(UserError, match="the model is multilabel .* the data set is multiclass"):
         evaluate.align("multilabel", NIH_FINDINGS, _info("multiclass", HAM10000_CLASSES))
-    with pytest.raises(ValueError, match="share none"):
+    with pytest.raises(UserError, match="share none"):
         evaluate.align("multilabel", NIH_FINDINGS, _info("multilabel", ["Fracture"]))
 
 
@@ -145,5 +146,5 @@ def test_evaluation_uses_the_best_checkpoint_when_fine_tuning_kept_one(tmp_path)
     assert evaluate.inference_checkpoint(str(tmp_path), "best") == best
     assert evaluate.inference_checkpoint(str(tmp_path), "latest") == latest
     assert evaluate.inference_checkpoint(str(tmp_path), latest) == latest
-    with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
+    with pytest.raises(UserError, match="no 'best' checkpoint"):
         evaluate.inference_checkpoint(str(tmp_path / "empty"), "best")
