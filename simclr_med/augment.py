@@ -222,28 +222,50 @@ def random_crop(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.
     return tf.slice(image, begin, size)
 
 
+JITTER_TRANSFORMS = ("brightness", "contrast", "saturation", "hue")
+
+
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
-    """SimCLR(v2) colour jitter of an RGB image: brightness (a multiplicative factor in
-    [max(0, 1-0.8s), 1+0.8s]), contrast (factor in [1-0.8s, 1+0.8s]), saturation (same) and
-    hue (shift in +-0.2s), in a random order, clipping to [0, 1] after each.
+    """SimCLR(v2) colour jitter of an RGB image: brightness, contrast, saturation and hue, in a
+    random order, clipping to [0, 1] after each (`jitter_parameters` says what is drawn)."""
+    return apply_color_jitter(image, jitter_parameters(seed, strength))
+
+
+def jitter_parameters(seed: tf.Tensor, strength: float) -> dict[str, tf.Tensor]:
+    """The draws of one colour jitter of strength s: multiplicative `brightness`, `contrast` and
+    `saturation` factors, each uniform in [max(0, 1-0.8s), 1+0.8s], a `hue` shift uniform in
+    +-min(0.2s, 0.5) of a turn, and `order`, the permutation of JITTER_TRANSFORMS applied.
 
     Beyond the reference: the contrast and saturation lower bounds are floored at 0 and the hue
-    shift capped at 0.5 (a full turn), so strengths above 1.25 stay valid.
+    shift capped at 0.5 (a full turn), so strengths above 1.25 stay valid. The draws are those of
+    `tf.image.stateless_random_contrast` etc. with the same seeds.
     """
     order_seed, *seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=5))
     spread = 0.8 * strength
     low, high = max(0.0, 1.0 - spread), 1.0 + spread
     hue_delta = min(0.2 * strength, 0.5)
-    transforms = [
-        lambda x: x * tf.random.stateless_uniform([], seeds[0], minval=low, maxval=high),
-        lambda x: tf.image.stateless_random_contrast(x, low, high, seeds[1]),
-        lambda x: tf.image.stateless_random_saturation(x, low, high, seeds[2]),
-        lambda x: tf.image.stateless_random_hue(x, hue_delta, seeds[3]),
-    ]
-    order = tf.argsort(tf.random.stateless_uniform([len(transforms)], order_seed))
-    for position in range(len(transforms)):
-        image = tf.switch_case(order[position],
-                               [lambda f=f, x=image: f(x) for f in transforms])
+    return {
+        "brightness": tf.random.stateless_uniform([], seeds[0], minval=low, maxval=high),
+        "contrast": tf.random.stateless_uniform([], seeds[1], minval=low, maxval=high),
+        "saturation": tf.random.stateless_uniform([], seeds[2], minval=low, maxval=high),
+        "hue": tf.random.stateless_uniform([], seeds[3], minval=-hue_delta, maxval=hue_delta),
+        "order": tf.argsort(tf.random.stateless_uniform([len(JITTER_TRANSFORMS)], order_seed)),
+    }
+
+
+def apply_color_jitter(image: tf.Tensor, parameters: dict[str, tf.Tensor]) -> tf.Tensor:
+    """The jitter of `parameters` (see `jitter_parameters`): contrast moves each channel away
+    from its mean over the image, saturation scales HSV saturation, hue rotates HSV hue."""
+    transforms = {
+        "brightness": lambda x: x * parameters["brightness"],
+        "contrast": lambda x: tf.image.adjust_contrast(x, parameters["contrast"]),
+        "saturation": lambda x: tf.image.adjust_saturation(x, parameters["saturation"]),
+        "hue": lambda x: tf.image.adjust_hue(x, parameters["hue"]),
+    }
+    for position in range(len(JITTER_TRANSFORMS)):
+        image = tf.switch_case(parameters["order"][position],
+                               [lambda f=transforms[name], x=image: f(x)
+                                for name in JITTER_TRANSFORMS])
         image = tf.clip_by_value(image, 0.0, 1.0)
     return image
 

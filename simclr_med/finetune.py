@@ -80,6 +80,23 @@ def freeze_unused_projection_layers(model: SimCLRModel) -> None:
         layer.trainable = False
 
 
+def supervised_gradients(model: SimCLRModel, optimizer, examples: dict, task: str,
+                         global_batch: int) -> tuple[tf.Tensor, list, dict]:
+    """This replica's share of the fine-tuning loss, and its gradients for the trainable variables.
+
+    The loss is the masked task loss averaged over the global batch's images and, multi-label,
+    their label slots (`supervised.global_mean`): summed over replicas, as the optimizer's
+    all-reduce does, loss and gradients are those of one device holding the global batch.
+    """
+    with tf.GradientTape() as tape:
+        logits = model(examples["image"], training=True)["logits_sup"]
+        per_entry, weights = supervised.task_loss(logits, examples, task)
+        loss = supervised.global_mean(per_entry, weights, global_batch)
+        scaled = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    return loss, grads, {"logits": logits, "per_entry": per_entry, "weights": weights}
+
+
 class BestCheckpoint:
     """The checkpoint of the best validation value so far, in its own model folder.
 
@@ -139,17 +156,11 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         running = RunningMeans(["loss", "supervised_accuracy"])
 
     def step_fn(examples: dict) -> None:
-        variables = model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = model(examples["image"], training=True)["logits_sup"]
-            per_entry, weights = supervised.task_loss(logits, examples, task)
-            # Mean over the global batch's images (and, multi-label, all their label slots).
-            entries_per_image = tf.cast(tf.size(per_entry) // tf.shape(per_entry)[0], tf.float32)
-            loss = tf.reduce_sum(per_entry * weights) / (batch * entries_per_image)
-            scaled = optimizer.scale_loss(loss)
-        optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        running.update("loss", per_entry, weights)
-        running.update("supervised_accuracy", *supervised.task_accuracy(logits, examples, task))
+        _, grads, outputs = supervised_gradients(model, optimizer, examples, task, batch)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        running.update("loss", outputs["per_entry"], outputs["weights"])
+        running.update("supervised_accuracy",
+                       *supervised.task_accuracy(outputs["logits"], examples, task))
 
     settings = LoopSettings(
         mode="finetune", model_dir=train.model_dir, total_steps=steps,

@@ -38,6 +38,7 @@ class LabelledSpec:
     label_fraction: float = 1.0
     seed: int = 0
     shuffle_buffer: int = 2048
+    keep_ids: bool = False  # keep image and patient ids (strings) in the batches, for inspection
 
 
 def is_labelled(image: dict) -> tf.Tensor:
@@ -74,7 +75,8 @@ def training_dataset(source: Source, split: str, spec: LabelledSpec, batch_size:
                      input_context: Optional[tf.distribute.InputContext] = None
                      ) -> tf.data.Dataset:
     """Endless batches: `image` [B, S, S, 3] and the labels (`class_id` [B]; multi-label
-    `labels`, `label_mask` [B, L]). `start_example` skips that many images of this pipeline
+    `labels`, `label_mask` [B, L]), with `spec.keep_ids` also `image_id` and `patient_id` [B]
+    (data_prep builds only). `start_example` skips that many images of this pipeline
     (resuming; see `shuffled_epochs`)."""
     pipeline = input_context.input_pipeline_id if input_context else 0
     _check_label_fraction(source, spec.label_fraction)
@@ -89,6 +91,8 @@ def training_dataset(source: Source, split: str, spec: LabelledSpec, batch_size:
         example = {"image": augment.augment_view(_decoded(image), seed, spec.augment,
                                                  spec.image_size)}
         example.update({k: image[k] for k in LABEL_FIELDS if k in image})
+        if spec.keep_ids:
+            example.update({k: image[k] for k in ("image_id", "patient_id")})
         return example
 
     examples = images.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)

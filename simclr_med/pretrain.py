@@ -62,9 +62,7 @@ def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperatur
             labels = {k: _both_views(pairs, k) for k in ("class_id", "labels", "label_mask")
                       if k in pairs}
             sup_loss, weights = supervised.task_loss(model_outputs["logits_sup"], labels, task)
-            # Mean over the 2B images (and, multi-label, their labels) of the global batch.
-            entries_per_image = tf.cast(tf.size(sup_loss) // tf.shape(sup_loss)[0], tf.float32)
-            loss += tf.reduce_sum(sup_loss * weights) / (2 * global_batch * entries_per_image)
+            loss += supervised.global_mean(sup_loss, weights, 2 * global_batch)  # 2B images
             outputs.update(supervised_loss=sup_loss, weights=weights, labels=labels,
                            logits_sup=model_outputs["logits_sup"])
         scaled = optimizer.scale_loss(loss)

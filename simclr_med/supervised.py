@@ -3,7 +3,8 @@
 - multi-class (dermatology): softmax cross-entropy; images with class id -1 (unlabelled) are skipped;
 - multi-label (chest X-ray): sigmoid cross-entropy per label; masked entries (uncertain labels under
   the `ignore` policy, or missing ones) are skipped.
-Each function returns per-entry values and weights, so callers can average over the global batch.
+Each function returns per-entry values and weights, so callers can average over the global batch
+(`global_mean`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ def task_loss(logits: tf.Tensor, batch: dict, task: str) -> tuple[tf.Tensor, tf.
         loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=batch["labels"], logits=logits)
         return loss, batch["label_mask"]
     raise ValueError(f"unknown task {task!r}")
+
+
+def global_mean(per_entry: tf.Tensor, weights: tf.Tensor, global_images: int) -> tf.Tensor:
+    """This replica's share of the mean of `per_entry * weights` over the `global_images` images of
+    the global batch and, multi-label, all their label slots (a masked slot adds nothing but still
+    counts): summed over replicas, the mean over the global batch."""
+    entries_per_image = 1 if per_entry.shape.rank == 1 else per_entry.shape[-1]
+    return tf.reduce_sum(per_entry * weights) / float(global_images * entries_per_image)
 
 
 def task_accuracy(logits: tf.Tensor, batch: dict, task: str) -> tuple[tf.Tensor, tf.Tensor]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -193,6 +195,55 @@ def test_brightness_factor_spans_the_strength_range():
                                atol=1e-5)
     assert values.min() >= 0.5 * 0.6 - 1e-5 and values.max() <= 0.5 * 1.4 + 1e-5
     assert values.min() < 0.5 * 0.65 and values.max() > 0.5 * 1.35
+
+
+def _jitter_by_hand(image: np.ndarray, parameters: dict) -> np.ndarray:
+    """Colour jitter in float64: brightness x * f; contrast (x - mean) * f + mean per channel
+    over the image; saturation and hue in colorsys' HSV (s * f capped at 1, h + delta mod 1
+    turns); in the drawn order, clipped to [0, 1] after each."""
+    def hsv_map(x, change):
+        return np.array([colorsys.hsv_to_rgb(*change(*colorsys.rgb_to_hsv(*pixel)))
+                         for pixel in x.reshape(-1, 3)]).reshape(x.shape)
+
+    transforms = {
+        "brightness": lambda x, f: x * f,
+        "contrast": lambda x, f: (x - x.mean(axis=(0, 1))) * f + x.mean(axis=(0, 1)),
+        "saturation": lambda x, f: hsv_map(x, lambda h, s, v: (h, min(s * f, 1.0), v)),
+        "hue": lambda x, delta: hsv_map(x, lambda h, s, v: ((h + delta) % 1.0, s, v)),
+    }
+    x = image.astype(np.float64)
+    for index in parameters["order"]:
+        name = augment.JITTER_TRANSFORMS[index]
+        x = np.clip(transforms[name](x, float(parameters[name])), 0.0, 1.0)
+    return x
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.0])
+def test_color_jitter_matches_a_colorsys_reference(strength):
+    """Contrast, saturation and hue (and brightness) with the drawn factors and order, against
+    NumPy and colorsys; 2.0 reaches the floored lower bounds and large hue shifts."""
+    image = IMAGE[::3, ::3]
+    for i in range(12):
+        seed = tf.constant([i, 11], tf.int64)
+        parameters = {k: v.numpy() for k, v in augment.jitter_parameters(seed, strength).items()}
+        jittered = augment.color_jitter(tf.constant(image), seed, strength).numpy()
+        np.testing.assert_allclose(jittered, _jitter_by_hand(image, parameters), atol=2e-5,
+                                   err_msg=str(parameters))
+
+
+def test_jitter_parameters_are_uniform_over_their_ranges_in_every_order():
+    strength = 0.5  # factors in [0.6, 1.4], hue in +-0.1 of a turn
+    draw = tf.function(lambda seed: augment.jitter_parameters(seed, strength))
+    draws = [{k: v.numpy() for k, v in draw(tf.constant([i, 5], tf.int64)).items()}
+             for i in range(400)]
+    ranges = {"brightness": (0.6, 1.4), "contrast": (0.6, 1.4), "saturation": (0.6, 1.4),
+              "hue": (-0.1, 0.1)}
+    for name, (low, high) in ranges.items():
+        values = np.array([d[name] for d in draws])
+        assert values.min() >= low and values.max() <= high, name
+        assert stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue > 1e-3, name
+    # 400 draws of 24 orders: that some order is missing has probability < 1e-6.
+    assert {tuple(d["order"]) for d in draws} == set(itertools.permutations(range(4)))
 
 
 def test_grayscale_views_have_equal_channels_equal_to_luma():

@@ -80,6 +80,52 @@ def test_chexpert_case_by_study_and_all_labels(tmp_path):
         formats.make_format(_config(tmp_path, labels="Atelectasis,Nothing"))
 
 
+def test_chexpert_study_cases_keep_each_patient_in_one_split(tmp_path):
+    """--case_key=study: one case per study, but the patient is the patient folder, so all of a
+    patient's studies land in one split, and in or out of each label fraction together."""
+    import collections
+
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.build import build_dataset
+    from simclr_med.dataset import open_build, read_cases
+
+    rng = np.random.default_rng(0)
+    lines, studies = [CHEXPERT_HEADER], collections.defaultdict(set)
+    for patient in range(1, 41):
+        for study in range(1, rng.integers(3, 6)):  # 2-4 studies
+            for view in ("frontal", "lateral")[:rng.integers(1, 3)]:
+                path = (f"CheXpert-v1.0-small/train/patient{patient:05d}/study{study}/"
+                        f"view1_{view}.jpg")
+                (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / path)
+                lines.append(chexpert_row(path, view=view.title(),
+                                          Edema=("1.0", "0.0", "-1.0", "")[rng.integers(4)]))
+                studies[f"patient{patient:05d}"].add(f"patient{patient:05d}/study{study}")
+    _write(tmp_path / "m.csv", lines)
+    build_dataset(_config(tmp_path, case_key="study", val_fraction=0.2, test_fraction=0.3,
+                          num_workers=1, progress=False))
+    source = open_build(str(tmp_path / "out"))
+    splits, found, ranks = collections.defaultdict(set), collections.defaultdict(set), {}
+    for split in ("train", "validation", "test"):
+        for case in read_cases(source, split):
+            case_id = case["case_id"].numpy().decode()
+            folders = {"/".join(i.decode().split("/")[2:4]) for i in case["image_id"].numpy()}
+            assert folders == {case_id}, case_id
+            patient = case_id.split("/")[0]  # the patient folder, whatever the record says
+            assert case["patient_id"].numpy().decode() == patient, case_id
+            splits[patient].add(split)
+            found[patient].add(case_id)
+            assert ranks.setdefault(patient, float(case["label_fraction_rank"])) == float(
+                case["label_fraction_rank"]), patient
+    assert found == studies  # every study is a case of its patient
+    assert all(len(names) == 1 for names in splits.values()), {
+        patient: names for patient, names in splits.items() if len(names) > 1}
+    assert {name for names in splits.values() for name in names} == {"train", "validation",
+                                                                      "test"}
+
+
 def test_missing_columns_are_named(tmp_path):
     _write(tmp_path / "m.csv", ["Path,Sex,Frontal/Lateral,Edema", "a,b,c,d"])
     with pytest.raises(ManifestError, match=r"m.csv: missing column\(s\) 'AP/PA', 'Atelectasis'"):

@@ -187,6 +187,20 @@ def test_dicom_monochrome1_is_inverted_and_without_window_uses_the_range():
     np.testing.assert_allclose(stored, np.round((1 - RAW / RAW.max()) * 65535), atol=1)
 
 
+def test_dicom_monochrome1_is_windowed_then_inverted():
+    """MONOCHROME1 shows low values bright: the window applies to the (rescaled) values as
+    stored, then the result is inverted, so values below the window are white and those above
+    black. Inverting first, or not at all when there is a window, fails."""
+    data = dicom_bytes(RAW, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-1000,
+                       WindowCenter=1500, WindowWidth=2000)
+    mode, stored = _pixels(prepare_image(data, OPTIONS))
+    values = RAW * 2.0 - 1000  # -1000 .. 6188: both ends outside the window [500, 2500]
+    expected = np.round((1 - _linear_window(values, 1500, 2000)) * 65535)
+    assert mode == "I;16"
+    np.testing.assert_allclose(stored, expected, atol=1)
+    assert stored[values < 500].min() == 65535 and stored[values > 2500].max() == 0
+
+
 def test_dicom_8_bit_becomes_l():
     mode, stored = _pixels(prepare_image(dicom_bytes(GRAY, bits_stored=8), OPTIONS))
     assert mode == "L"
