@@ -137,8 +137,3 @@ def train_config() -> TrainConfig:
 
 def pretrain_config() -> PretrainConfig:
     return PretrainConfig(**_fields(PretrainConfig))
-
-
-def flag_values() -> dict:
-    """Every flag of this module with its value, for `flags.json`."""
-    return {flag.name: flag.value for flag in FLAGS.get_flags_for_module(__name__)}

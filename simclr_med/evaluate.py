@@ -25,6 +25,7 @@ from scipy import special
 
 from simclr_med import checkpointing, label_mapping, metrics, plots, schema
 from simclr_med.dataset import Source
+from simclr_med.errors import UserError
 from simclr_med.finetune_input import LABEL_FIELDS, evaluation_dataset
 from simclr_med.model import SimCLRModel
 from simclr_med.trainer import write_json
@@ -178,9 +179,19 @@ def load_model(model_dir: str, which: str = "auto") -> tuple[SimCLRModel,
 
 
 def restore(model: SimCLRModel, prefix: str) -> int:
-    """Restores every variable of `model` (optimizer state is ignored); returns the step."""
+    """Restores every variable of `model` (optimizer state is ignored); returns the step.
+
+    A damaged checkpoint is an error naming its file: evaluation and export never fall back to
+    an older checkpoint on their own (resuming training sets a damaged one aside).
+    """
     step = tf.Variable(0, dtype=tf.int64)
-    status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
+    try:
+        status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
+    except checkpointing.READ_ERRORS as error:
+        raise UserError(f"{checkpointing.damage_report(prefix, error)}. Choose another checkpoint "
+                        "with --eval_checkpoint (best, latest or a ckpt-N prefix), or resume "
+                        "the training run, which sets it aside and continues from the one "
+                        "before") from error
     status.expect_partial()
     status.assert_existing_objects_matched()
     return int(step.numpy())
