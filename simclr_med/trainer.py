@@ -193,6 +193,8 @@ class Trainer:
 
     def nothing_to_do(self) -> dict:
         """What a finished run returns instead of a summary; it wrote nothing."""
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
         logging.info("%s: already at step %d of %d, nothing to do; %s is unchanged",
                      self.settings.mode, self.step, self.settings.total_steps,
                      self.settings.model_dir)
