@@ -11,43 +11,70 @@ from flags import entry_point
 if __name__ == "__main__":  # hide TensorFlow's start-up notices, before the imports below load it
     entry_point.import_tensorflow_quietly()
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from flags import export_flags, finetune_flags, run_flags
 from simclr_med import dataset, export, strategy, synthetic
 from simclr_med.config import DataConfig
+from simclr_med.errors import UserError
 from simclr_med.evaluate import evaluate, format_metrics_table
 from simclr_med.finetune import finetune
 from simclr_med.linear_eval import KnnMonitor, linear_eval, load_encoder
 from simclr_med.pretrain import pretrain
-from simclr_med.trainer import write_json
+from simclr_med.trainer import record_flags
 
 FLAGS = flags.FLAGS
 flags.mark_flag_as_required("model_dir")
 
-TRAINING_MODES = ("pretrain", "finetune", "train_then_eval")
+SYNTHETIC_BANNER = """
+======================================================================================
+  SYNTHETIC DATA: no --data_dir or --tfds_dataset was given, so this pretraining uses
+  the built-in synthetic data set (shapes on smooth backgrounds, not medical images) at
+  %s
+  Give --data_dir=<a data_prep build> to pretrain on your images.
+======================================================================================"""
 
 
-def open_source(data: DataConfig) -> dataset.Source:
-    """The data set named by the flags; the built-in synthetic one when none is named."""
+def open_source(data: DataConfig, mode: str) -> dataset.Source:
+    """The data set named by the flags; for pretraining only, the built-in synthetic one when
+    none is named (other modes would silently train or score on the wrong images)."""
     if data.data_dir and data.tfds_dataset:
-        raise app.UsageError("give --data_dir or --tfds_dataset, not both")
+        raise UserError("give --data_dir or --tfds_dataset, not both")
     if data.tfds_dataset:
         return dataset.open_tfds(data.tfds_dataset, data.tfds_data_dir)
     if data.data_dir:
         return dataset.open_build(data.data_dir, verify=data.verify_data)
+    if mode != "pretrain":
+        raise UserError(f"--mode={mode} needs a data set: give --data_dir=<a data_prep build> or "
+                        "--tfds_dataset=<name> (only --mode=pretrain falls back to the built-in "
+                        "synthetic data)")
     data_dir = synthetic.default_build()
-    logging.info("no --data_dir or --tfds_dataset: using the built-in SYNTHETIC data set at %s",
-                 data_dir)
+    logging.warning(SYNTHETIC_BANNER, data_dir)
     return dataset.open_build(data_dir, verify=data.verify_data)
+
+
+def flag_values() -> dict:
+    """Every flag of run.py with its value, for the folder's flag records."""
+    return {flag.name: flag.value for module in (run_flags, finetune_flags, export_flags)
+            for flag in FLAGS.get_flags_for_module(module.__name__)}
 
 
 def export_model() -> None:
     """SavedModels of --model_dir's checkpoint (--eval_checkpoint chooses it) in --export_dir."""
+    record_flags(FLAGS.model_dir, "flags_export.json", flag_values())
     result = export.export(FLAGS.model_dir, export_flags.export_dir(FLAGS.model_dir),
                            FLAGS.eval_checkpoint)
     print(f"exported {result.checkpoint} (step {result.global_step}):\n"
           + "\n".join(f"  {name}: {path}" for name, path in result.paths.items()))
+
+
+def report_training(stage: str, summary: dict, model_dir: str, details: str) -> None:
+    """The line a training mode ends with; a run already at its last step changed nothing."""
+    if summary.get("nothing_to_do"):
+        print(f"{stage} already at step {summary['global_step']} (this run asks for "
+              f"{summary['train_steps']} steps): nothing to do, {model_dir} is unchanged")
+    else:
+        print(f"{stage} done: step {summary['global_step']}, {details}; results in {model_dir}")
 
 
 def main() -> None:
@@ -55,28 +82,29 @@ def main() -> None:
         export_model()
         return
     distribution = strategy.build_strategy(run_flags.strategy_config())
-    source = open_source(run_flags.data_config())
+    source = open_source(run_flags.data_config(), FLAGS.mode)
     train = run_flags.train_config()
-    # Evaluation modes keep the training run's flags.json and write flags_<mode>.json.
-    write_json(train.model_dir,
-               "flags.json" if FLAGS.mode in TRAINING_MODES else f"flags_{FLAGS.mode}.json",
-               {**run_flags.flag_values(), **finetune_flags.flag_values()})
+    if FLAGS.mode in ("eval", "linear_eval"):  # training modes record theirs once they train
+        record_flags(train.model_dir, f"flags_{FLAGS.mode}.json", flag_values())
     if FLAGS.mode == "pretrain":
         monitor = (KnnMonitor(source, finetune_flags.linear_eval_config(FLAGS.monitor_max_images))
                    if FLAGS.monitor == "knn" else None)
         summary = pretrain(run_flags.model_config(), run_flags.optim_config(),
                            run_flags.augment_config(), source, train, run_flags.pretrain_config(),
-                           distribution, split=FLAGS.train_split, monitor=monitor)
-        print(f"pretraining done: step {summary['global_step']}, loss {summary['loss']:.4f}, "
-              f"{summary.get('images_per_second', float('nan')):.1f} images/s; "
-              f"results in {train.model_dir}")
+                           distribution, split=FLAGS.train_split, monitor=monitor,
+                           flag_values=flag_values())
+        report_training("pretraining", summary, train.model_dir,
+                        f"loss {summary.get('loss', float('nan')):.4f}, "
+                        f"{summary.get('images_per_second', float('nan')):.1f} images/s")
     if FLAGS.mode in ("finetune", "train_then_eval"):
         summary = finetune(run_flags.model_config(), run_flags.optim_config(),
                            finetune_flags.augment_config(), source, train,
-                           finetune_flags.finetune_config(), distribution, split=FLAGS.train_split)
-        print(f"fine-tuning done: step {summary['global_step']}, loss {summary['loss']:.4f}; "
-              f"best validation {summary['best_metric']} {summary['best_value']} at step "
-              f"{summary['best_step']}; results in {train.model_dir}")
+                           finetune_flags.finetune_config(), distribution, split=FLAGS.train_split,
+                           flag_values=flag_values())
+        report_training("fine-tuning", summary, train.model_dir,
+                        f"loss {summary.get('loss', float('nan')):.4f}; best validation "
+                        f"{summary.get('best_metric')} {summary.get('best_value')} at step "
+                        f"{summary.get('best_step')}")
     if FLAGS.mode in ("eval", "train_then_eval"):
         print(format_metrics_table(evaluate(train.model_dir, source, FLAGS.eval_split,
                                             finetune_flags.eval_config())))

@@ -85,8 +85,3 @@ def linear_eval_config(max_images: int | None = None) -> linear_eval.LinearEvalC
         knn_k=FLAGS.knn_k, regularization=FLAGS.linear_eval_regularization,
         max_images=FLAGS.linear_eval_max_images if max_images is None else max_images,
         batch_size=FLAGS.eval_batch_size)
-
-
-def flag_values() -> dict:
-    """Every flag of this module with its value, for the run's flags file."""
-    return {flag.name: flag.value for flag in FLAGS.get_flags_for_module(__name__)}

@@ -24,7 +24,8 @@ flags.DEFINE_string("model_dir", None, "Folder of checkpoints, summaries and res
 
 # Data.
 flags.DEFINE_string("data_dir", "", "A data_prep output folder. Without it and without "
-                    "--tfds_dataset, the built-in synthetic data set is used.")
+                    "--tfds_dataset, --mode=pretrain uses the built-in synthetic data set; the "
+                    "other modes stop with an error.")
 flags.DEFINE_string("train_split", "train", "Split to train on.")
 flags.DEFINE_string("eval_split", "validation", "Split to evaluate on.")
 flags.DEFINE_string("tfds_dataset", "", "A TFDS image-classification data set (e.g. cifar10).")
@@ -146,8 +147,3 @@ def train_config() -> TrainConfig:
 
 def pretrain_config() -> PretrainConfig:
     return _config(PretrainConfig)
-
-
-def flag_values() -> dict:
-    """Every flag of this module with its value, for `flags.json`."""
-    return {flag.name: flag.value for flag in FLAGS.get_flags_for_module(__name__)}

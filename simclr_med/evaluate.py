@@ -180,9 +180,19 @@ def load_model(model_dir: str, which: str = "auto") -> tuple[SimCLRModel,
 
 
 def restore(model: SimCLRModel, prefix: str) -> int:
-    """Restores every variable of `model` (optimizer state is ignored); returns the step."""
+    """Restores every variable of `model` (optimizer state is ignored); returns the step.
+
+    A damaged checkpoint is an error naming its file: evaluation and export never fall back to
+    an older checkpoint on their own (resuming training sets a damaged one aside).
+    """
     step = tf.Variable(0, dtype=tf.int64)
-    status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
+    try:
+        status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
+    except checkpointing.READ_ERRORS as error:
+        raise UserError(f"{checkpointing.damage_report(prefix, error)}. Choose another checkpoint "
+                        "with --eval_checkpoint (best, latest or a ckpt-N prefix), or resume "
+                        "the training run, which sets it aside and continues from the one "
+                        "before") from error
     status.expect_partial()
     status.assert_existing_objects_matched()
     return int(step.numpy())

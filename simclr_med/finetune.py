@@ -11,6 +11,9 @@ statistics included: a frozen layer runs its batch norm in inference mode (Keras
 At every checkpoint the model is evaluated on the validation split; the checkpoint with the best
 validation metric is kept in `<model_dir>/best/`, a complete model folder (`model_config.json` and
 the checkpoint, with `best.json` saying which step and value), which evaluation and export use.
+A resumed run keeps it and the value to beat. A validation split whose images have no labels
+selects nothing (warning; the last checkpoint is the result), and a `best.json` of another
+`best_metric` stops the run: it cannot be compared with this run's metric.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import os
 import shutil
 import tempfile
+from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -33,7 +37,7 @@ from simclr_med.dataset import Source
 from simclr_med.errors import UserError
 from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
-                                       training_dataset)
+                                       training_dataset, unlabelled_reason)
 from simclr_med.model import SimCLRModel, no_decay_variables
 from simclr_med.optimizers import build_optimizer
 from simclr_med.pretrain import seed_everything, total_steps
@@ -108,11 +112,24 @@ class BestCheckpoint:
         self.metric = metric
         self.manager = tf.train.CheckpointManager(
             checkpointing.make_checkpoint(model, global_step=step), directory, max_to_keep=1)
+        self.state = self.load_state(directory, metric)
+
+    @staticmethod
+    def load_state(directory: str, metric: str) -> dict:
+        """`best.json` of `directory` ({} when absent); UserError if another metric chose it, as
+        its value cannot be compared with `metric`'s (and replacing it would lose it)."""
         path = os.path.join(directory, BEST_STATE_FILE)
-        self.state: dict = {}
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                self.state = json.load(f)
+        if not tf.io.gfile.exists(path):
+            return {}
+        with tf.io.gfile.GFile(path) as f:
+            state = json.load(f)
+        if state.get("metric") != metric:
+            raise UserError(
+                f"{path} holds the best checkpoint by {state.get('metric')!r} (step "
+                f"{state.get('step')}), but this run selects by {metric!r}: resume with "
+                f"--best_metric={state.get('metric')}, or move {directory} away to start a new "
+                "selection")
+        return state
 
     def offer(self, step: int, value: float) -> bool:
         """Saves the model if `value` beats the best so far; returns whether it did."""
@@ -127,8 +144,13 @@ class BestCheckpoint:
 @names_damaged_shards
 def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
              source: Source, train: TrainConfig, config: FinetuneConfig,
-             strategy: tf.distribute.Strategy, split: str = "train") -> dict:
-    """Fine-tunes in `train.model_dir` (resuming if it holds checkpoints); returns the summary."""
+             strategy: tf.distribute.Strategy, split: str = "train",
+             flag_values: Optional[dict] = None) -> dict:
+    """Fine-tunes in `train.model_dir` (resuming if it holds checkpoints); returns the summary.
+
+    `flag_values` are recorded as `pretrain` records them; a run already at its last step
+    writes nothing and returns `Trainer.nothing_to_do()`.
+    """
     seed_everything(train.seed, train.deterministic)
     task, names = source.info.task, tuple(source.info.names)
     best_metric = config.best_metric or metrics.main_metric(task)
@@ -170,11 +192,17 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         run_steps=train.run_steps)
     trainer = Trainer(strategy, model, optimizer, running, step_fn, settings)
     record = checkpointing.ModelRecord(model_config, len(names), task, names, source="finetune")
-    if trainer.chief:
-        record.save(train.model_dir)
-    if not trainer.restore() and train.init_checkpoint:
+    no_best_reason = ("no validation split (--validation_split='')" if not config.validation_split
+                      else unlabelled_reason(source, config.validation_split))
+    best_dir = os.path.join(train.model_dir, evaluate.BEST_DIR)
+    if not no_best_reason:
+        BestCheckpoint.load_state(best_dir, best_metric)  # before anything is written
+    if not trainer.resume(record) and train.init_checkpoint:
         logging.info(checkpointing.load_init_weights(
             model, train.init_checkpoint, projection_layers=model_config.ft_proj_selector))
+    if trainer.finished:
+        return trainer.nothing_to_do()
+    trainer.begin(record, flag_values)
 
     spec = LabelledSpec(augment, model_config.image_size, config.label_fraction, train.seed,
                         train.shuffle_buffer)
@@ -183,9 +211,7 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
                                      functools.partial(training_dataset, source, split, spec))
     best = None
     validate = None
-    if config.validation_split and source.info.split_counts.get(
-            config.validation_split, {}).get("images", 0):
-        best_dir = os.path.join(train.model_dir, evaluate.BEST_DIR)
+    if not no_best_reason:
         if trainer.chief:
             record.save(best_dir)
         best = BestCheckpoint(model, optimizer.iterations,
@@ -193,9 +219,8 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
                               best_metric)
         validate = _validation(model, source, config, best)
     else:
-        logging.warning("no validation split%s: no best checkpoint is kept, the last one is the "
-                        "result", f" ({config.validation_split!r} holds no image)"
-                        if config.validation_split else "")
+        logging.warning("fine-tuning: %s, so no best checkpoint is selected: the last checkpoint "
+                        "is the result", no_best_reason)
 
     if trainer.step == 0:
         _write_sample_images(trainer.writer, source, split, spec)
@@ -205,8 +230,9 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         "example_unit": "image", "fine_tune_after_block": config.fine_tune_after_block,
         "ft_proj_selector": model_config.ft_proj_selector,
         "init_checkpoint": train.init_checkpoint, "validation_split": config.validation_split,
-        "best_metric": best_metric,
-        "best_checkpoint": best.state.get("checkpoint") if best else None,
+        "best_metric": best_metric, "no_best_reason": no_best_reason or None,
+        # Where the best checkpoint is now (best.json's path is where it was saved).
+        "best_checkpoint": best.manager.latest_checkpoint if best else None,
         "best_step": best.state.get("step") if best else None,
         "best_value": best.state.get("value") if best else None,
         "inference_checkpoint": evaluate.inference_checkpoint(train.model_dir),

@@ -123,6 +123,18 @@ def evaluation_dataset(source: Source, split: str, image_size: int, crop_proport
     return examples.batch(batch_size).prefetch(AUTOTUNE)
 
 
+def unlabelled_reason(source: Source, split: str) -> str:
+    """Why `split` cannot be scored ("" when it can): it holds no image, or none of its images
+    has a label that losses and metrics count (read up to the first one, nothing decoded)."""
+    images = source.info.split_counts.get(split, {}).get("images", 0)
+    if not images:
+        return f"split {split!r} holds no image"
+    first = read_images(source, split).filter(is_labelled).take(1)
+    if not first.reduce(0, lambda count, _: count + 1).numpy():
+        return f"split {split!r} has {images} images but none of them has a label"
+    return ""
+
+
 def count_training_images(source: Source, split: str, label_fraction: float) -> int:
     """Images of the selected patients (what one fine-tuning epoch sees, give or take the rare
     unlabelled image): the build's count for the whole split, data_prep's

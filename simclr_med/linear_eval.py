@@ -28,7 +28,7 @@ from simclr_med.config import ModelConfig
 from simclr_med.dataset import Source
 from simclr_med.errors import UserError
 from simclr_med.integrity import names_damaged_shards
-from simclr_med.finetune_input import evaluation_dataset
+from simclr_med.finetune_input import evaluation_dataset, unlabelled_reason
 from simclr_med.model import SimCLRModel
 from simclr_med.trainer import write_json
 
@@ -131,12 +131,23 @@ def load_encoder(model_dir: str, init_checkpoint: str, model_config: ModelConfig
     return model, prefix, evaluate.restore(model, prefix)
 
 
+def require_labels(source: Source, split: str, purpose: str) -> None:
+    """UserError unless `split` has labelled images: without them there is nothing to fit or
+    score (multi-class metrics would hold only an undefined top-1)."""
+    reason = unlabelled_reason(source, split)
+    if reason:
+        raise UserError(f"{purpose} needs labelled images, but {reason} (data set "
+                        f"{source.data_dir or source.tfds_name})")
+
+
 @names_damaged_shards
 def linear_eval(model: SimCLRModel, source: Source, config: LinearEvalConfig,
                 eval_config: evaluate.EvalConfig, model_dir: str, *, checkpoint: str,
                 global_step: int) -> dict:
     """Probe and k-NN on frozen features; writes `linear_eval_<split>.json` (into
     `eval_config.output_dir`, default `model_dir`) and returns it."""
+    for split in (config.train_split, config.eval_split):
+        require_labels(source, split, "linear evaluation")
     predictor = evaluate.Predictor(model, (config.endpoint,))
     size, crop = model.config.image_size, model.config.eval_crop_proportion
     train = features(predictor, source, config.train_split, size, crop, config,
@@ -165,8 +176,7 @@ class KnnMonitor:
 
     def __init__(self, source: Source, config: LinearEvalConfig):
         for split in (config.train_split, config.eval_split):
-            if not source.info.split_counts.get(split, {}).get("images", 0):
-                raise UserError(f"--monitor=knn needs images in split {split!r}")
+            require_labels(source, split, "--monitor=knn")
         self.source = source
         self.config = config
 

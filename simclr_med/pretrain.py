@@ -74,11 +74,14 @@ def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperatur
 def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
              source: Source, train: TrainConfig, pretrain_config: PretrainConfig,
              strategy: tf.distribute.Strategy, split: str = "train",
-             monitor: Optional[Callable[[SimCLRModel], Callable[[int], dict]]] = None) -> dict:
+             monitor: Optional[Callable[[SimCLRModel], Callable[[int], dict]]] = None,
+             flag_values: Optional[dict] = None) -> dict:
     """Pretrains in `train.model_dir` (resuming if it holds checkpoints); returns the summary.
 
     `monitor(model)`, e.g. a `linear_eval.KnnMonitor`, gives a hook run at every checkpoint whose
-    scores are logged with the training metrics.
+    scores are logged with the training metrics. `flag_values` (the command line's flags) are
+    recorded in `flags.json` and `flags_history.jsonl` once the run is known to train. A run
+    already at its last step writes nothing and returns `Trainer.nothing_to_do()`.
     """
     seed_everything(train.seed, train.deterministic)
     unit = "cases" if pretrain_config.use_micle else "images"
@@ -122,12 +125,14 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
         images_per_example=2, run_steps=train.run_steps)
     trainer = Trainer(strategy, model, optimizer, metrics, step_fn, settings)
-    if trainer.chief:
-        checkpointing.ModelRecord(model_config, num_classes, task,
-                                  tuple(source.info.names) if num_classes else (),
-                                  source="pretrain").save(train.model_dir)
-    if not trainer.restore() and train.init_checkpoint:
+    record = checkpointing.ModelRecord(model_config, num_classes, task,
+                                       tuple(source.info.names) if num_classes else (),
+                                       source="pretrain")
+    if not trainer.resume(record) and train.init_checkpoint:
         logging.info(checkpointing.load_init_weights(model, train.init_checkpoint))
+    if trainer.finished:
+        return trainer.nothing_to_do()
+    trainer.begin(record, flag_values)
 
     spec = PairSpec(use_micle=pretrain_config.use_micle, augment=augment,
                     image_size=model_config.image_size, seed=train.seed,

@@ -4,7 +4,8 @@ Several steps run per `tf.function` call (`steps_per_loop`); between calls the l
 line and TensorBoard scalars, checks that the loss is finite (a non-finite loss stops the run before
 anything is saved, so the last good checkpoint stays intact) and checkpoints model, optimizer and
 step with a `tf.train.CheckpointManager`. A run in a folder that already has checkpoints resumes
-from the latest one.
+from the newest intact one (see `Trainer.resume`); a run that has already reached its last step
+writes nothing.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_med.checkpointing import make_checkpoint
+from simclr_med import checkpointing
+from simclr_med.errors import UserError
 from simclr_med.train_metrics import RunningMeans
 
 SUMMARY_FILE = "summary.json"
+FLAGS_FILE = "flags.json"  # the flags of the training run (its latest invocation that trained)
+FLAGS_HISTORY_FILE = "flags_history.jsonl"  # one line per invocation that wrote to the folder
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,6 +85,10 @@ class Trainer:
     In a multi-worker cluster every worker restores from `model_dir`, but only the chief writes
     there (checkpoints, TensorBoard); the others save to a temporary folder, removed at the end, as
     the collective save protocol requires every worker to take part.
+
+    Nothing is written to `model_dir` before `begin()`, so a run that stops before it (a model
+    that does not fit the folder's checkpoints, a run already finished) leaves the folder as it
+    was. Only setting a damaged checkpoint aside (`resume`) renames files earlier.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
@@ -94,14 +102,26 @@ class Trainer:
         self._step_fn = step_fn
         self.chief = is_chief(strategy)
         self.worker = worker_id(strategy)
-        save_dir = settings.model_dir if self.chief else tempfile.mkdtemp(prefix="worker_ckpt_")
-        self.checkpoint = make_checkpoint(model, optimizer, optimizer.iterations)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, save_dir, max_to_keep=settings.keep_checkpoint_max,
-            step_counter=optimizer.iterations)
-        self.writer = (tf.summary.create_file_writer(settings.model_dir) if self.chief
-                       else tf.summary.create_noop_writer())
+        self.checkpoint = checkpointing.make_checkpoint(model, optimizer, optimizer.iterations)
+        self.manager = self._checkpoint_manager()
+        self.damaged: list[dict] = []  # checkpoints set aside by `resume`
+        self._writer = None
         self._loop_fn = tf.function(self._loop)
+
+    def _checkpoint_manager(self) -> tf.train.CheckpointManager:
+        save_dir = (self.settings.model_dir if self.chief
+                    else tempfile.mkdtemp(prefix="worker_ckpt_"))
+        return tf.train.CheckpointManager(
+            self.checkpoint, save_dir, max_to_keep=self.settings.keep_checkpoint_max,
+            step_counter=self.optimizer.iterations)
+
+    @property
+    def writer(self) -> tf.summary.SummaryWriter:
+        """The TensorBoard writer, made on first use (it creates an event file at once)."""
+        if self._writer is None:
+            self._writer = (tf.summary.create_file_writer(self.settings.model_dir) if self.chief
+                            else tf.summary.create_noop_writer())
+        return self._writer
 
     @property
     def summary_file(self) -> str:
@@ -112,14 +132,74 @@ class Trainer:
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
-    def restore(self) -> bool:
-        """Resumes from the latest checkpoint in `model_dir`, if any."""
-        latest = tf.train.latest_checkpoint(self.settings.model_dir)
-        if not latest:
+    @property
+    def finished(self) -> bool:
+        """Whether the run has reached its last step (nothing is left to train)."""
+        return self.step >= self.settings.total_steps
+
+    def resume(self, record: checkpointing.ModelRecord) -> bool:
+        """Resumes from the newest intact checkpoint in `model_dir`; returns whether there was one.
+
+        First checks that the folder's checkpoints are of `record`'s model (UserError naming each
+        differing field, nothing written). A checkpoint that cannot be read is skipped with a
+        warning; once an older one restores, the chief sets the damaged ones aside (renamed
+        `*.damaged`, dropped from the state file) and `summary.json` lists them. When none can
+        be read, UserError and nothing is renamed.
+        """
+        model_dir = self.settings.model_dir
+        checkpointing.check_same_model(model_dir, record)
+        state = tf.train.get_checkpoint_state(model_dir)
+        if state is None:
             return False
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("resumed from %s (step %d)", latest, self.step)
-        return True
+        damaged = []
+        for prefix in reversed(state.all_model_checkpoint_paths or [state.model_checkpoint_path]):
+            try:
+                status = self.checkpoint.restore(prefix)
+            except checkpointing.READ_ERRORS as error:
+                damaged.append((prefix, checkpointing.damage_report(prefix, error)))
+                logging.warning("%s; trying the checkpoint before it", damaged[-1][1])
+                continue
+            try:
+                status.assert_existing_objects_matched()
+            except AssertionError as error:
+                raise UserError(f"{prefix} does not fit this run (another --optimizer than the "
+                                f"one it was trained with?): {error}") from error
+            self._set_aside(damaged)
+            logging.info("resumed from %s (step %d)", prefix, self.step)
+            return True
+        raise UserError(f"no checkpoint in {model_dir} can be read: "
+                        + "; ".join(report for _, report in damaged)
+                        + ". Nothing was changed; move the checkpoints away to start afresh")
+
+    def _set_aside(self, damaged: list[tuple[str, str]]) -> None:
+        for prefix, report in damaged:
+            renamed = checkpointing.set_aside(prefix) if self.chief else []
+            self.damaged.append({"checkpoint": prefix, "error": report, "renamed_to": renamed})
+            logging.warning("set aside the damaged checkpoint %s as %s", prefix,
+                            ", ".join(renamed) or "(left to the chief)")
+        if damaged and self.chief:
+            checkpointing.forget_checkpoints(self.settings.model_dir,
+                                             [prefix for prefix, _ in damaged])
+            self.manager = self._checkpoint_manager()
+
+    def begin(self, record: checkpointing.ModelRecord,
+              flag_values: Optional[dict] = None) -> None:
+        """The run will train: the chief writes `model_config.json` and the flags record."""
+        if not self.chief:
+            return
+        record.save(self.settings.model_dir)
+        if flag_values is not None:
+            record_flags(self.settings.model_dir, FLAGS_FILE, flag_values)
+
+    def nothing_to_do(self) -> dict:
+        """What a finished run returns instead of a summary; it wrote nothing."""
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+        logging.info("%s: already at step %d of %d, nothing to do; %s is unchanged",
+                     self.settings.mode, self.step, self.settings.total_steps,
+                     self.settings.model_dir)
+        return {"mode": self.settings.mode, "global_step": self.step,
+                "train_steps": self.settings.total_steps, "nothing_to_do": True}
 
     def _loop(self, iterator, steps):
         for _ in tf.range(steps):
@@ -159,7 +239,7 @@ class Trainer:
             per_step = timed_seconds / timed_steps if timed_steps else seconds / n
             self._log(results, per_step * (stop - self.step))
         summary = {"mode": s.mode, "global_step": self.step, "train_steps": s.total_steps,
-                   "resumed_from_step": start,
+                   "resumed_from_step": start, "damaged_checkpoints": self.damaged,
                    "checkpoint": tf.train.latest_checkpoint(s.model_dir),
                    "elapsed_seconds": time.perf_counter() - started,
                    "weights_sha256": weights_fingerprint(self.model.variables)}
@@ -216,6 +296,21 @@ def distributed_input(strategy: tf.distribute.Strategy, global_batch: int,
 
 
 def write_json(directory: str, name: str, data: dict) -> None:
+    """Writes `<directory>/<name>` whole or not at all: a temporary file renamed into place, so an
+    interrupted write never leaves a truncated file."""
     tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(os.path.join(directory, name), "w") as f:
+    path = os.path.join(directory, name)
+    with tf.io.gfile.GFile(f"{path}.tmp", "w") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
+    tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+
+
+def record_flags(directory: str, name: str, flag_values: dict) -> None:
+    """`<name>` (`flags.json` for training, `flags_<mode>.json` for the other modes) holds the
+    flags of the latest such invocation; `flags_history.jsonl` gets a line for every invocation,
+    so no earlier record is lost."""
+    write_json(directory, name, flag_values)
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "file": name, "flags": flag_values}
+    with tf.io.gfile.GFile(os.path.join(directory, FLAGS_HISTORY_FILE), "a") as f:
+        f.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
