@@ -33,7 +33,7 @@ from simclr_med.dataset import Source
 from simclr_med.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
                                        training_dataset)
 from simclr_med.model import SimCLRModel, no_decay_variables
-from simclr_med.optimizers import build_optimizer
+from simclr_med.optimizers import build_optimizer, weight_decay_loss
 from simclr_med.pretrain import seed_everything, total_steps
 from simclr_med.train_metrics import RunningMeans
 from simclr_med.trainer import LoopSettings, Trainer, distributed_input, write_json
@@ -142,7 +142,8 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
             per_entry, weights = supervised.task_loss(logits, examples, task)
             # Mean over the global batch's images (and, multi-label, all their label slots).
             entries_per_image = tf.cast(tf.size(per_entry) // tf.shape(per_entry)[0], tf.float32)
-            loss = tf.reduce_sum(per_entry * weights) / (batch * entries_per_image)
+            loss = (tf.reduce_sum(per_entry * weights) / (batch * entries_per_image)
+                    + weight_decay_loss(optim, model))
             scaled = optimizer.scale_loss(loss)
         optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         running.update("loss", per_entry, weights)
