@@ -1,5 +1,5 @@
-"""Pretraining runs: outputs, resume (also after SIGKILL), determinism, non-finite loss, multi-worker
-against one device."""
+"""Pretraining runs: outputs, resume (also after SIGKILL), determinism, non-finite loss,
+multi-worker against one device."""
 
 import json
 import os
@@ -37,9 +37,12 @@ def _run_py(*args: str, env: dict | None = None, log: pathlib.Path | None = None
             command: tuple[str, ...] = (str(REPO / "run.py"),)) -> subprocess.Popen:
     """`run.py --mode=pretrain ARGS` (or another `command`), its output piped or in `log`."""
     output = open(log, "w") if log else subprocess.PIPE
-    return subprocess.Popen([sys.executable, *command, "--mode=pretrain", *args], cwd=REPO,
-                            env={**os.environ, **CPU_ONLY, **(env or {})}, stdout=output,
-                            stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, *command, "--mode=pretrain", *args], cwd=REPO,
+                               env={**os.environ, **CPU_ONLY, **(env or {})}, stdout=output,
+                               stderr=subprocess.STDOUT, text=True)
+    if log:
+        output.close()  # the child has its own copy
+    return process
 
 
 def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -215,8 +218,9 @@ def test_two_workers_take_the_step_of_one_device_with_their_global_batch(synthet
                  for i in range(2)]
     pairs = [next(iter(pipeline)) for pipeline in pipelines]
     pairs = {key: tf.concat([p[key] for p in pairs], axis=0) for key in pairs[0]}
+    # The chief's step-2 loss, and the lr of the step-2 update (logged after step 1).
     logged = {value.tag: float(tf.make_ndarray(value.tensor)) for step, value in _events(model_dir)
-              if step == 2 - (value.tag == "learning_rate")}  # the step-2 update's lr is logged at 1
+              if step == 2 - (value.tag == "learning_rate")}
     record = ModelRecord.load(str(model_dir))
     model = SimCLRModel(record.model, record.num_classes, stop_gradient_to_head=True)
     model.build_for_image_size()
