@@ -62,7 +62,9 @@ flags.DEFINE_enum("learning_rate_scaling", "linear", ["linear", "sqrt"],
 flags.DEFINE_float("warmup_epochs", 10, "Linear warm-up epochs before cosine decay.")
 flags.DEFINE_enum("optimizer", "lars", ["lars", "momentum", "adam"], "Optimizer.")
 flags.DEFINE_float("momentum", 0.9, "Momentum of LARS and momentum SGD.")
-flags.DEFINE_float("weight_decay", 1e-6, "Weight decay (not on BN parameters and biases).")
+flags.DEFINE_float("weight_decay", 1e-6, "Weight decay, as the reference: LARS decays all but BN "
+                   "parameters, biases and the supervised head; an L2 loss term covers the head's "
+                   "kernel (momentum, adam: every weight but BN parameters).")
 flags.DEFINE_float("lars_trust_coefficient", 0.001, "LARS trust coefficient (eta).")
 flags.DEFINE_float("temperature", 0.1, "NT-Xent temperature.")
 
@@ -104,7 +106,8 @@ flags.DEFINE_boolean("deterministic", False, "Deterministic TF ops (bit-reproduc
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
                   "Distribution strategy.")
 flags.DEFINE_string("tpu", "", "TPU address or name for --strategy=tpu.")
-flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (mirrored).")
+flags.DEFINE_integer("num_cpu_devices", 0, "mirrored: replicate over N logical CPU devices (even "
+                     "where there are GPUs).")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Computation precision.")
 

@@ -39,7 +39,7 @@ from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
                                        training_dataset, unlabelled_reason)
 from simclr_med.model import SimCLRModel, no_decay_variables
-from simclr_med.optimizers import build_optimizer
+from simclr_med.optimizers import build_optimizer, weight_decay_loss
 from simclr_med.pretrain import seed_everything, total_steps
 from simclr_med.train_metrics import RunningMeans
 from simclr_med.trainer import LoopSettings, Trainer, distributed_input, write_json
@@ -85,17 +85,21 @@ def freeze_unused_projection_layers(model: SimCLRModel) -> None:
 
 
 def supervised_gradients(model: SimCLRModel, optimizer, examples: dict, task: str,
-                         global_batch: int) -> tuple[tf.Tensor, list, dict]:
+                         global_batch: int, optim: Optional[OptimConfig] = None
+                         ) -> tuple[tf.Tensor, list, dict]:
     """This replica's share of the fine-tuning loss, and its gradients for the trainable variables.
 
     The loss is the masked task loss averaged over the global batch's images and, multi-label,
     their label slots (`supervised.global_mean`): summed over replicas, as the optimizer's
     all-reduce does, loss and gradients are those of one device holding the global batch.
+    `optim` adds its weight decay's L2 term (`optimizers.weight_decay_loss`).
     """
     with tf.GradientTape() as tape:
         logits = model(examples["image"], training=True)["logits_sup"]
         per_entry, weights = supervised.task_loss(logits, examples, task)
         loss = supervised.global_mean(per_entry, weights, global_batch)
+        if optim is not None:
+            loss += weight_decay_loss(optim, model)
         scaled = optimizer.scale_loss(loss)
     grads = tape.gradient(scaled, model.trainable_variables)
     return loss, grads, {"logits": logits, "per_entry": per_entry, "weights": weights}
@@ -178,7 +182,8 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         running = RunningMeans(["loss", "supervised_accuracy"])
 
     def step_fn(examples: dict) -> None:
-        _, grads, outputs = supervised_gradients(model, optimizer, examples, task, batch)
+        _, grads, outputs = supervised_gradients(model, optimizer, examples, task, batch,
+                                              optim)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         running.update("loss", outputs["per_entry"], outputs["weights"])
         running.update("supervised_accuracy",

@@ -5,9 +5,10 @@ For each variable w with gradient g (both flattened):
     trust = trust_coefficient * |w| / |g|  if |w| > 0 and |g| > 0 else 1   (unless exempt: 1)
     v <- momentum * v + learning_rate * trust * g
     w <- w - v            (Nesterov: w <- w - (momentum * v + learning_rate * trust * g))
-BN parameters and biases are exempt from both weight decay and the trust ratio: pass them to
-`exclude_from_weight_decay(var_list=...)` before the optimizer is built
-(`simclr_med.model.no_decay_variables` lists them).
+Exempt variables get neither the decay nor the trust ratio: pass them to
+`exclude_from_weight_decay(var_list=...)` before the optimizer is built. SimCLR exempts BN
+parameters, biases and the supervised head (`simclr_med.model.no_decay_variables`), whose kernel is
+decayed through an L2 loss term instead (`simclr_med.optimizers.weight_decay_loss`).
 """
 
 from __future__ import annotations

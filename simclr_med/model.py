@@ -29,7 +29,9 @@ class SimCLRModel(keras.Model):
                              cifar_stem=config.image_size <= CIFAR_STEM_MAX_SIZE, bn=bn)
         self.projection_head = ProjectionHead(config.proj_head_mode, config.num_proj_layers,
                                               config.proj_out_dim, self.resnet.output_dim, bn=bn)
-        self.supervised_head = LinearLayer(num_classes) if num_classes else None
+        # Named as the reference's layer, whose weight-decay rules go by that name (ours by role).
+        self.supervised_head = (LinearLayer(num_classes, name="head_supervised") if num_classes
+                                else None)
 
     def call(self, images, training=False):
         outputs = self.resnet(images, training=training)
@@ -56,15 +58,25 @@ class SimCLRModel(keras.Model):
         self.build((None, size, size, 3))
 
 
-def no_decay_variables(model: keras.layers.Layer) -> list:
-    """Variables exempt from weight decay (and from LARS trust ratios): BN parameters and biases.
+def batch_norm_variables(model: keras.layers.Layer) -> list:
+    """The trainable parameters (gamma, beta) of every batch-norm layer in `model`."""
+    return [v for layer in model._flatten_layers(include_self=True, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) for v in layer.trainable_weights]
 
-    Decided by layer type, not by variable name: Keras 3 names are short (`kernel`, `gamma`).
+
+def no_decay_variables(model: keras.layers.Layer) -> list:
+    """Variables the optimizer itself never decays, and LARS never adapts: batch-norm parameters,
+    biases and, as in the reference, the whole supervised head (its kernel gets an L2 term in the
+    loss instead, see `optimizers.weight_decay_loss`).
+
+    Decided by layer type and role, not by variable name: Keras 3 names are short (`kernel`).
     """
-    exempt = []
+    exempt = batch_norm_variables(model)
     for layer in model._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            exempt.extend(layer.trainable_weights)
-        elif getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+        if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
             exempt.append(layer.bias)
+    head = getattr(model, "supervised_head", None)
+    if head is not None:
+        known = {id(v) for v in exempt}
+        exempt.extend(v for v in head.trainable_weights if id(v) not in known)
     return exempt

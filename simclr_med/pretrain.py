@@ -21,7 +21,7 @@ from simclr_med.config import (AugmentConfig, ModelConfig, OptimConfig, Pretrain
 from simclr_med.dataset import Source
 from simclr_med.integrity import names_damaged_shards
 from simclr_med.model import SimCLRModel, no_decay_variables
-from simclr_med.optimizers import build_optimizer
+from simclr_med.optimizers import build_optimizer, weight_decay_loss
 from simclr_med.pretrain_input import PairSpec, pair_dataset
 from simclr_med.train_metrics import RunningMeans
 from simclr_med.trainer import LoopSettings, Trainer, distributed_input, write_json
@@ -45,11 +45,13 @@ def _both_views(batch: dict, key: str) -> tf.Tensor:
 
 
 def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperature: float,
-                          global_batch: int, task: str = "") -> tuple[tf.Tensor, list, dict]:
+                          global_batch: int, task: str = "",
+                          optim: Optional[OptimConfig] = None) -> tuple[tf.Tensor, list, dict]:
     """Loss of this replica's pairs, scaled for the global batch, and its gradients.
 
     Summed over replicas (as the optimizer's all-reduce does), the gradients equal those of one
-    device holding the whole global batch. `task` ("" = none) adds the linear probe's loss.
+    device holding the whole global batch. `task` ("" = none) adds the linear probe's loss, `optim`
+    its weight decay's L2 term (`optimizers.weight_decay_loss`).
     """
     images = _both_views(pairs, "views")
     outputs = {}
@@ -65,6 +67,8 @@ def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperatur
             loss += supervised.global_mean(sup_loss, weights, 2 * global_batch)  # 2B images
             outputs.update(supervised_loss=sup_loss, weights=weights, labels=labels,
                            logits_sup=model_outputs["logits_sup"])
+        if optim is not None:
+            loss += weight_decay_loss(optim, model)
         scaled = optimizer.scale_loss(loss)
     outputs["contrast"] = contrast
     return loss, tape.gradient(scaled, model.trainable_variables), outputs
@@ -107,7 +111,7 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
 
     def step_fn(pairs: dict) -> None:
         _, grads, outputs = contrastive_gradients(
-            model, optimizer, pairs, pretrain_config.temperature, batch, task)
+            model, optimizer, pairs, pretrain_config.temperature, batch, task, optim)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         contrast = outputs["contrast"]
         metrics.update("loss", contrast.per_pair_loss)

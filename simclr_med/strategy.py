@@ -1,12 +1,15 @@
 """`tf.distribute` strategies from `StrategyConfig`: default, mirrored, multi_worker, tpu.
 
-On a CPU-only machine `num_cpu_devices` splits the CPU into logical devices, so a MirroredStrategy
-exercises the real multi-replica code path (all-gathers, all-reduces, per-replica batches).
+`num_cpu_devices` splits the CPU into logical devices and mirrors over exactly those, so a
+MirroredStrategy exercises the real multi-replica code path (all-gathers, all-reduces, per-replica
+batches) on any machine, a GPU one included; without it, mirrored replicates over every GPU (or
+the CPU when there is none).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import keras
 import tensorflow as tf
@@ -37,6 +40,20 @@ def configure_cpu_devices(count: int) -> None:
                            "initialised; configure devices before building any tensor") from error
 
 
+def mirrored_devices(num_cpu_devices: int, gpus: Sequence[str], cpus: Sequence[str]) -> list[str]:
+    """The devices a MirroredStrategy replicates over, given the logical devices' names.
+
+    Asked for logical CPUs (`num_cpu_devices` > 0), exactly those, even where there are GPUs: the
+    replica count is then the one requested on every machine. Otherwise every GPU, else the CPU.
+    """
+    if num_cpu_devices > 0:
+        if len(cpus) < num_cpu_devices:
+            raise RuntimeError(f"{num_cpu_devices} logical CPU devices requested, TensorFlow has "
+                               f"{len(cpus)}: {list(cpus)}")
+        return list(cpus[:num_cpu_devices])
+    return list(gpus or cpus)
+
+
 def set_precision(precision: str) -> None:
     """Keras' global dtype policy: variables stay float32, computation in bfloat16/float16."""
     if precision not in PRECISIONS:
@@ -62,9 +79,9 @@ def _strategy(name: str, tpu: str, num_cpu_devices: int) -> tf.distribute.Strate
         return tf.distribute.get_strategy()
     if name == "mirrored":
         configure_cpu_devices(num_cpu_devices)
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
+        return tf.distribute.MirroredStrategy(mirrored_devices(
+            num_cpu_devices, [d.name for d in tf.config.list_logical_devices("GPU")],
+            [d.name for d in tf.config.list_logical_devices("CPU")]))
     if name == "multi_worker":
         # Reads the cluster from the TF_CONFIG environment variable.
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -1,4 +1,9 @@
-"""Shared test fixtures: real data location, logical CPU devices, quiet TensorFlow."""
+"""Shared test fixtures: real data location, logical CPU devices, quiet TensorFlow.
+
+Tests of the real data sets and of the reference checkpoints skip where those are missing (a clone
+without ../shared); with SIMCLR_MED_REQUIRE_DATA=1 (as `.ci/run` sets it) a missing one is an
+error instead, so CI cannot pass by skipping them.
+"""
 
 import os
 import pathlib
@@ -6,14 +11,24 @@ import pathlib
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
+import tensorflow as tf
 
 from simclr_med import paths, strategy
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 
+REQUIRE_DATA = "SIMCLR_MED_REQUIRE_DATA"
+
 # Every test process sees two logical CPU devices, so multi-replica code paths run for real.
 strategy.configure_cpu_devices(2)
+
+
+def skip_unless_required(reason: str) -> None:
+    """Skips the test for missing data or fixtures, or fails it when CI requires them."""
+    if os.environ.get(REQUIRE_DATA, "") not in ("", "0"):
+        pytest.fail(f"{reason} ({REQUIRE_DATA} is set: missing data is an error)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _real_data_root() -> pathlib.Path | None:
@@ -23,28 +38,33 @@ def _real_data_root() -> pathlib.Path | None:
 
 @pytest.fixture(scope="session")
 def real_data() -> pathlib.Path:
-    """Folder holding `nih_cxr14_64px/` and `ham10000_220px_subset/`, or skip."""
+    """Folder holding `nih_cxr14_64px/` and `ham10000_220px_subset/`, or skip (see above)."""
     root = _real_data_root()
     if root is None:
-        pytest.skip("real data not found: set SIMCLR_MED_DATA to a folder holding "
-                    "nih_cxr14_64px/ and ham10000_220px_subset/ (default ../shared/data)")
+        skip_unless_required("real data not found: set SIMCLR_MED_DATA to a folder holding "
+                             "nih_cxr14_64px/ and ham10000_220px_subset/ (default ../shared/data)")
     return root
 
 
 @pytest.fixture(scope="session")
 def two_cpu_strategy():
-    """The MirroredStrategy over the two logical CPUs, one per process (see build_strategy)."""
+    """The MirroredStrategy over the two logical CPUs, one per process (see build_strategy), on
+    a GPU machine too: two replicas, both on CPU devices."""
     from simclr_med.config import StrategyConfig
 
-    return strategy.build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
+    mirrored = strategy.build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
+    devices = [tf.DeviceSpec.from_string(d) for d in mirrored.extended.worker_devices]
+    assert mirrored.num_replicas_in_sync == 2, mirrored.extended.worker_devices
+    assert [(d.device_type, d.device_index) for d in devices] == [("CPU", 0), ("CPU", 1)], devices
+    return mirrored
 
 
 @pytest.fixture(scope="session")
 def simclr_tf2_fixtures() -> pathlib.Path:
-    """Reference SimCLR TF2 checkpoints (../shared/fixtures/simclr_tf2), or skip."""
+    """Reference SimCLR TF2 checkpoints (../shared/fixtures/simclr_tf2), or skip (see above)."""
     path = pathlib.Path(os.environ.get("SIMCLR_MED_FIXTURES", FIXTURES)) / "simclr_tf2"
     if not path.is_dir():
-        pytest.skip(f"SimCLR TF2 fixtures not found at {path}: set SIMCLR_MED_FIXTURES")
+        skip_unless_required(f"SimCLR TF2 fixtures not found at {path}: set SIMCLR_MED_FIXTURES")
     return path
 
 

@@ -145,7 +145,6 @@ def test_files_missing_or_resolving_outside_the_root(tmp_path):
 def dicom_bytes(pixels: np.ndarray, interpretation: str = "MONOCHROME2", bits_stored: int = 12,
                 **attributes) -> bytes:
     """A single-frame DICOM file (explicit VR little endian) holding `pixels`."""
-    pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 

@@ -1,13 +1,14 @@
-"""A pretraining step on 2 replicas gives the loss and gradients of one device with the same batch."""
+"""A pretraining step's loss by hand, and on 2 replicas the loss and gradients of one device with
+the same batch."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_med.config import ModelConfig, StrategyConfig
+from simclr_med.config import ModelConfig, OptimConfig
 from simclr_med.model import SimCLRModel
 from simclr_med.pretrain import contrastive_gradients
-from simclr_med.strategy import build_strategy
+from test_objective import numpy_nt_xent
 
 GLOBAL_BATCH = 8
 CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32, global_bn=True)
@@ -31,6 +32,32 @@ def _model(strategy) -> tuple[SimCLRModel, keras.optimizers.Optimizer]:
         model.build_for_image_size()
         optimizer = keras.optimizers.SGD(0.1)
     return model, optimizer
+
+
+def test_the_loss_is_the_mean_pair_loss_plus_the_mean_probe_loss_plus_the_l2_term():
+    """By hand: NT-Xent (both directions summed) averaged over the B pairs, the probe's
+    cross-entropy summed over the labelled images and divided by all 2B of them, and the
+    reference's L2 term of every weight but batch-norm parameters (momentum optimizer)."""
+    keras.utils.set_random_seed(1)
+    model, optimizer = _model(tf.distribute.get_strategy())
+    pairs = _pairs()
+    decay = 1e-3
+    loss, _, _ = contrastive_gradients(model, optimizer, pairs, 0.2, GLOBAL_BATCH, "multiclass",
+                                       OptimConfig(optimizer="momentum", weight_decay=decay))
+
+    images = np.concatenate([pairs["views"][:, 0], pairs["views"][:, 1]])
+    outputs = {k: v.numpy().astype(np.float64) for k, v in model(images, training=True).items()}
+    z1, z2 = np.split(outputs["proj_head_output"], 2)
+    contrast = numpy_nt_xent(z1, z2, 0.2).sum() / GLOBAL_BATCH
+    logits = outputs["logits_sup"]
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    class_id = np.concatenate([pairs["class_id"][:, 0], pairs["class_id"][:, 1]])
+    labelled = np.flatnonzero(class_id >= 0)
+    probe = -log_probs[labelled, class_id[labelled]].sum() / (2 * GLOBAL_BATCH)
+    l2 = decay * sum(np.sum(v.numpy().astype(np.float64) ** 2) / 2
+                     for v in model.trainable_variables if "batch_normalization" not in v.path)
+    assert min(contrast, probe, l2) > 0.1 and 0 < len(labelled) < 2 * GLOBAL_BATCH
+    np.testing.assert_allclose(float(loss), contrast + probe + l2, rtol=1e-5)
 
 
 def test_mirrored_step_equals_single_device_step(two_cpu_strategy):
@@ -69,8 +96,3 @@ def test_mirrored_step_equals_single_device_step(two_cpu_strategy):
         error = np.linalg.norm(g_dist.numpy() - g_single.numpy())
         assert error <= GRAD_RTOL * np.linalg.norm(g_single.numpy()) + 1e-7, var.path
 
-
-def test_one_strategy_per_configuration_and_process(two_cpu_strategy):
-    # A second MirroredStrategy in the process would clash with the first one's collectives.
-    again = build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
-    assert again is two_cpu_strategy and again.num_replicas_in_sync == 2

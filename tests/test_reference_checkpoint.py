@@ -1,4 +1,5 @@
-"""Loading the official SimCLR TF2 checkpoints: the reference's own fixtures, outputs to 1e-4."""
+"""Loading the official SimCLR TF2 checkpoints: the reference's own fixtures, every output within
+OUTPUT_TOLERANCE of its tensor's largest magnitude."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ FIXTURES = {
 }
 SOURCES = [*FIXTURES, "r50_w025_sk0/saved_model"]
 SMALLEST = "r18_w025_cifar"
+# Element-wise |ours - reference| <= OUTPUT_TOLERANCE * max |reference| per endpoint. Measured on
+# the four fixtures: at most 8.7e-7 (oneDNN on and off). An element-wise relative bound cannot
+# hold in float32: near-zero activations (|x| ~ 1e-6) carry the same absolute rounding error.
+OUTPUT_TOLERANCE = 2e-6
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +65,9 @@ def assert_matches_expected(model: SimCLRModel, folder: pathlib.Path, keys=None)
     expected = np.load(folder / "expected.npz")
     outputs = model(np.load(folder / "inputs.npy"), training=False)
     for key in keys or expected.files:
-        scale = np.abs(expected[key]).max()
-        difference = np.abs(outputs[key].numpy() - expected[key]).max()
-        assert difference < 1e-4 * scale, f"{folder.name} {key}: max |diff| {difference}"
+        np.testing.assert_allclose(outputs[key].numpy(), expected[key], rtol=0,
+                                   atol=OUTPUT_TOLERANCE * np.abs(expected[key]).max(),
+                                   err_msg=f"{folder.name} {key}")
 
 
 @pytest.mark.parametrize("source", SOURCES)

@@ -79,12 +79,19 @@ def test_cifar_stem_keeps_resolution_and_sk_uses_resnet_d_stem():
 @pytest.mark.parametrize("mode,layers,expected_dense", [
     ("nonlinear", 3, 3), ("nonlinear", 2, 2), ("linear", 3, 1), ("none", 3, 0)])
 def test_projection_head_layouts(mode, layers, expected_dense):
+    # proj_out_dim 64 differs from the backbone's 128 features (ResNet-18 at width 0.25).
     model = SimCLRModel(ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32,
-                                    proj_head_mode=mode, num_proj_layers=layers), num_classes=5)
-    out = model(tf.zeros([2, 32, 32, 3]))
+                                    proj_head_mode=mode, num_proj_layers=layers,
+                                    proj_out_dim=64), num_classes=5)
+    out = model(tf.random.stateless_uniform([2, 32, 32, 3], seed=[0, 1]))
     assert len(model.projection_head.linear_layers) == expected_dense
-    assert out["proj_head_output"].shape == (2, 128 if expected_dense else 128)
+    assert out["final_avg_pool"].shape == (2, 128)
+    assert out["proj_head_output"].shape == (2, 64 if expected_dense else 128)
     assert out["logits_sup"].shape == (2, 5)
     if expected_dense:
         last = model.projection_head.linear_layers[-1]
         assert not last.dense.use_bias and not last.bn.bn.center  # no bias, no beta
+    else:  # no head: the projection is the backbone's output itself
+        assert np.abs(out["final_avg_pool"].numpy()).max() > 0
+        np.testing.assert_array_equal(out["proj_head_output"].numpy(),
+                                      out["final_avg_pool"].numpy())
