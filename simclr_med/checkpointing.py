@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from simclr_med import reference_checkpoint
 from simclr_med.config import ModelConfig
+from simclr_med.errors import UserError
 
 MODEL_CONFIG_FILE = "model_config.json"
 
@@ -43,8 +44,8 @@ class ModelRecord:
     def load(cls, directory: str) -> "ModelRecord":
         path = os.path.join(directory, MODEL_CONFIG_FILE)
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found: {directory!r} is not a simclr-med model "
-                                    "folder (a --model_dir or a convert_checkpoint output)")
+            raise UserError(f"{path} not found: {directory!r} is not a simclr-med model "
+                            "folder (a --model_dir or a convert_checkpoint output)")
         with tf.io.gfile.GFile(path) as f:
             data: dict[str, Any] = json.load(f)
         known = {field.name for field in dataclasses.fields(ModelConfig)}

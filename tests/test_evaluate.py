@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 from data_prep.formats import CHEXPERT_OBSERVATIONS, HAM10000_CLASSES, NIH_FINDINGS
 from simclr_med import evaluate, label_mapping, metrics, plots, schema
+from simclr_med.errors import UserError
 
 
 def test_nih_and_chexpert_share_seven_findings_through_the_table():
@@ -145,5 +146,5 @@ def test_evaluation_uses_the_best_checkpoint_when_fine_tuning_kept_one(tmp_path)
     assert evaluate.inference_checkpoint(str(tmp_path), "best") == best
     assert evaluate.inference_checkpoint(str(tmp_path), "latest") == latest
     assert evaluate.inference_checkpoint(str(tmp_path), latest) == latest
-    with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
+    with pytest.raises(UserError, match="no 'best' checkpoint"):
         evaluate.inference_checkpoint(str(tmp_path / "empty"), "best")
