@@ -504,14 +504,16 @@ def test_failed_export_keeps_the_earlier_export(earlier_export):
 
 
 def test_export_failing_while_writing_keeps_the_earlier_export(earlier_export, monkeypatch):
-    """A failure after the new features/ is written (here: the serving save) leaves the earlier
-    export, and no partial one, in place."""
+    """A save that fails half-way (here: the disk fills after the first file of features/) leaves
+    the earlier export, and nothing of the new one, in place."""
     model_dir, export_dir, before = earlier_export
 
-    def disk_full(*args, **kwargs):
+    def disk_full(model, path):
+        os.makedirs(path)
+        pathlib.Path(path, "saved_model.pb").write_bytes(b"partial")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(export, "save_serving", disk_full)
+    monkeypatch.setattr(export, "save_features", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export.export(str(model_dir), str(export_dir))
     assert _snapshot(export_dir) == before
