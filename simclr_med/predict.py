@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from simclr_med.errors import UserError
+
 SERVING_DIR = "serving"
 SERVING_SIGNATURE = "serving_default"  # TensorFlow Serving's default signature key
 IMAGES = "images"  # input of both serving signatures
@@ -36,7 +38,7 @@ def serving_path(export_dir: str) -> str:
         return export_dir
     path = os.path.join(export_dir, SERVING_DIR)
     if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        raise FileNotFoundError(
+        raise UserError(
             f"no serving SavedModel in {export_dir!r} (expected {path}/saved_model.pb): export a "
             "fine-tuned model with `python run.py --mode=export --model_dir=... --export_dir=...`")
     return path
