@@ -103,8 +103,10 @@ class FeatureExtractor(_AutoTrackable):
 
     @tf.function
     def __call__(self, images: tf.Tensor, trainable: bool = False) -> dict[str, tf.Tensor]:
-        return unless_empty(images, lambda batch: _float32(self._forward(batch, training=trainable)),
-                            dict(self._shapes))
+        def forward(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+            return _float32(self._forward(batch, training=trainable))
+
+        return unless_empty(images, forward, dict(self._shapes))
 
 
 class Classifier(_AutoTrackable):
