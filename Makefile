@@ -4,23 +4,66 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_output
+# `make` installs the package with these extras at the versions pinned in CONSTRAINTS: every
+# package, direct and transitive, as the whole suite last passed with them (`make upgrade` renews
+# the pins). The pins hold for the Python version named in the file's header; with another one,
+# or with `make CONSTRAINTS= install`, pip takes the newest versions setup.cfg allows.
+EXTRAS      ?= dev
+CONSTRAINTS ?= constraints.txt
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PINNED_PYTHON  := $(if $(CONSTRAINTS),$(shell sed -n \
+  '1,5s/.* on Python \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' $(CONSTRAINTS) | head -n 1))
+PINS := $(if $(filter $(PYTHON_VERSION),$(PINNED_PYTHON)),--constraint $(CONSTRAINTS))
 
-.PHONY: install test demo bench clean
+.PHONY: install test upgrade demo bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
+	@$(if $(CONSTRAINTS),$(if $(PINS),,echo "note: $(CONSTRAINTS) pins versions for Python \
+	  $(PINNED_PYTHON), this is $(PYTHON_VERSION): installing the newest versions setup.cfg allows"))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(PINS) --upgrade pip
+	$(PY) -m pip install --quiet $(PINS) $(PINS:--constraint=--build-constraint) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Printed before the tests: the versions that matter most when a test fails (read from the
+# installed metadata, without importing anything).
+VERSIONS := 'import importlib.metadata as m, platform; \
+  v = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in m.distributions()}; \
+  names = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "protobuf"); \
+  print("Python", platform.python_version() + ":", ", ".join(f"{n} {v[n]}" for n in names if n in v))'
+
 # Two test processes: much of the suite is single-threaded tracing and subprocess start-up, so
 # two processes finish in about 9 minutes on 2 cores where one takes 12 (`PYTEST_WORKERS=0`: one).
 PYTEST_WORKERS ?= 2
+PYTEST := -m pytest -q --timeout=900 -n $(PYTEST_WORKERS)
 test: $(STAMP)
-	$(PY) -m pytest -q --timeout=900 -n $(PYTEST_WORKERS)
+	@$(PY) -c $(VERSIONS)
+	$(PY) $(PYTEST)
+
+# Renews CONSTRAINTS: installs the newest versions setup.cfg allows into a scratch venv, runs the
+# whole suite there and writes the pins only if it passes (else the scratch venv stays for a look).
+# To try a newer release series than setup.cfg allows, raise its upper bound first.
+UPGRADE_VENV := .venv-upgrade
+UPGRADE_PY   := $(UPGRADE_VENV)/bin/python
+PINS_HEADER  := 'import platform as p, sys; print(f"\# Every package of .[$(EXTRAS)], direct and \
+  transitive, at the versions the whole suite passed\n\# with, written by make upgrade on Python \
+  {sys.version_info[0]}.{sys.version_info[1]} ({p.python_version()}, {p.system()} {p.machine()}); \
+  do not edit by hand.")'
+upgrade:
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_PY) -m pip install --quiet --upgrade pip
+	$(UPGRADE_PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	@$(UPGRADE_PY) -c $(VERSIONS)
+	$(UPGRADE_PY) $(PYTEST)
+	$(UPGRADE_PY) -c $(PINS_HEADER) > $(CONSTRAINTS).new
+	$(UPGRADE_PY) -m pip freeze --all --exclude-editable >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(UPGRADE_VENV)
+	@echo "$(CONSTRAINTS) renewed (see git diff $(CONSTRAINTS)); make install installs it"
 
 # The whole job on the built-in SYNTHETIC data: build TFRecords -> MICLe pretraining -> fine-tuning
 # with 10% of the labels -> evaluation with confidence intervals -> SavedModel export -> predict.
@@ -59,4 +102,4 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) *.egg-info
+	rm -rf $(VENV) $(UPGRADE_VENV) $(DEMO_DIR) *.egg-info

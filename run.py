@@ -6,6 +6,11 @@ described in the README.
 
 from __future__ import annotations
 
+from flags import entry_point
+
+if __name__ == "__main__":  # hide TensorFlow's start-up notices, before the imports below load it
+    entry_point.import_tensorflow_quietly()
+
 from absl import app, flags, logging
 
 from flags import export_flags, finetune_flags, run_flags
@@ -30,11 +35,11 @@ def open_source(data: DataConfig) -> dataset.Source:
     if data.tfds_dataset:
         return dataset.open_tfds(data.tfds_dataset, data.tfds_data_dir)
     if data.data_dir:
-        return dataset.open_build(data.data_dir)
+        return dataset.open_build(data.data_dir, verify=data.verify_data)
     data_dir = synthetic.default_build()
     logging.info("no --data_dir or --tfds_dataset: using the built-in SYNTHETIC data set at %s",
                  data_dir)
-    return dataset.open_build(data_dir)
+    return dataset.open_build(data_dir, verify=data.verify_data)
 
 
 def export_model() -> None:
@@ -45,9 +50,7 @@ def export_model() -> None:
           + "\n".join(f"  {name}: {path}" for name, path in result.paths.items()))
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main() -> None:
     if FLAGS.mode == "export":  # needs neither data nor a distribution strategy
         export_model()
         return
@@ -87,4 +90,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    entry_point.run(main)

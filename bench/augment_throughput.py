@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from flags import entry_point
+
+entry_point.import_tensorflow_quietly()
 
 import tensorflow as tf  # noqa: E402
 
@@ -50,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point.run(main)

@@ -20,7 +20,9 @@ import resource
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from flags import entry_point
+
+entry_point.import_tensorflow_quietly()
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -125,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point.run(main)

@@ -1,7 +1,7 @@
 """MICLe pretraining throughput: pairs/s of the input pipeline alone and of training.
 
     .venv/bin/python bench/micle_throughput.py [--data_dir=BUILD] [--augmentation=cxr]
-        [--resnet_depth=18 --image_size=64 --batch=64] [--no-use_micle]
+        [--resnet_depth=18 --image_size=64 --batch=64] [--nouse_micle]
 
 Without --data_dir the NIH ChestX-ray14 subset is built into a temporary folder with data_prep.
 1. The pipeline alone: `pair_dataset` batches (read the case, pick the pair, decode the two images,
@@ -15,47 +15,36 @@ pipeline takes away from the model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flags import entry_point  # noqa: E402
+
+entry_point.import_tensorflow_quietly()
+
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
 from data_prep.build import build_dataset  # noqa: E402
 from data_prep.config import BuildConfig  # noqa: E402
+from flags import micle_bench_flags  # noqa: E402,F401  (defines the flags)
 from simclr_med import augment, paths  # noqa: E402
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig  # noqa: E402
 from simclr_med.dataset import Source, open_build  # noqa: E402
+from simclr_med.errors import UserError  # noqa: E402
 from simclr_med.pretrain import pretrain  # noqa: E402
 from simclr_med.pretrain_input import PairSpec, pair_dataset  # noqa: E402
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default="", help="A data_prep build; default: build the "
-                        "NIH subset found through SIMCLR_MED_DATA into a temporary folder.")
-    parser.add_argument("--augmentation", default="cxr", choices=sorted(augment.PRESETS))
-    parser.add_argument("--use_micle", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--resnet_depth", type=int, default=18)
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=64, help="Pairs per batch.")
-    parser.add_argument("--pipeline_batches", type=int, default=60, help="Timed batches.")
-    parser.add_argument("--train_steps", type=int, default=12, help="Timed training steps.")
-    parser.add_argument("--steps_per_loop", type=int, default=4)
-    parser.add_argument("--output", default="", help="Also write the results as JSON here.")
-    return parser.parse_args()
 
 
 def build_nih(output_dir: str) -> str:
     root = paths.real_data_root()
     if root is None:
-        sys.exit("no --data_dir and no real data: set SIMCLR_MED_DATA (see the README)")
+        raise UserError("no --data_dir and no real data: set SIMCLR_MED_DATA (see the README)")
     folder = os.path.join(root, paths.NIH_FOLDER)
     build_dataset(BuildConfig(
         format="nih", image_root=folder, output_dir=output_dir, progress=False,
@@ -74,7 +63,7 @@ def pipeline_pairs_per_second(source: Source, spec: PairSpec, batch: int, batche
     return batches * batch / (time.perf_counter() - start)
 
 
-def training_pairs_per_second(source: Source, spec: PairSpec, args: argparse.Namespace) -> float:
+def training_pairs_per_second(source: Source, spec: PairSpec, args: flags.FlagValues) -> float:
     with tempfile.TemporaryDirectory() as model_dir:
         summary = pretrain(
             ModelConfig(resnet_depth=args.resnet_depth, image_size=args.image_size),
@@ -87,7 +76,7 @@ def training_pairs_per_second(source: Source, spec: PairSpec, args: argparse.Nam
 
 
 def main() -> None:
-    args = parse_args()
+    args = flags.FLAGS
     with tempfile.TemporaryDirectory() as scratch:
         source = open_build(args.data_dir or build_nih(os.path.join(scratch, "nih")))
         spec = PairSpec(use_micle=args.use_micle, augment=augment.preset(args.augmentation),
@@ -113,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point.run(main)

@@ -13,11 +13,13 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flags import entry_point  # noqa: E402
+
+entry_point.import_tensorflow_quietly()
+
 import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
 
 from flags import bench_flags  # noqa: E402
 from simclr_med import augment, synthetic  # noqa: E402
@@ -41,8 +43,7 @@ def measure(depth: int, image_size: int, batch: int, options: dict) -> dict:
             "pairs_per_second": round(summary["examples_per_second"], 1)}
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def main() -> None:
     options = bench_flags.options()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores")
     results = [measure(*setting, options) for setting in bench_flags.settings()]
@@ -55,4 +56,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry_point.run(main)

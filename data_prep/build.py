@@ -17,24 +17,28 @@ mix of patients and classes; identical inputs and flags give byte-identical shar
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: hide TensorFlow's start-up notices before it loads
+    from flags import entry_point
+
+    entry_point.import_tensorflow_quietly()
+
 import collections
 import contextlib
 import dataclasses
 import functools
 import os
 import stat
-import sys
 import time
 from typing import Callable, Iterator
 
-from absl import app
 from tqdm import tqdm
 
 from data_prep import formats, images, manifest, parallel, splits, writer
 from data_prep.config import BuildConfig
 from data_prep.manifest import ImageRow, ManifestError
-from data_prep.report import REPORT_FILE, BuildError, Ledger, format_summary, save_json
+from data_prep.report import Ledger, format_summary, save_json
 from simclr_med import schema
+from simclr_med.errors import UserError
 
 LABEL_FRACTIONS_FILE = "label_fractions.json"
 SPLITS = (splits.TRAIN, splits.VALIDATION, splits.TEST)
@@ -74,7 +78,7 @@ def build_dataset(config: BuildConfig) -> dict:
     started = time.perf_counter()
     image_root = os.path.realpath(config.image_root)
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"image root {config.image_root!r} is not a folder")
+        raise UserError(f"image root {config.image_root!r} is not a folder")
     writer.prepare_output_dir(config.output_dir, config.overwrite)
     ledger = Ledger(config.on_error)
     source = formats.make_format(config)
@@ -101,7 +105,7 @@ def build_dataset(config: BuildConfig) -> dict:
 
     split_counts = {split: tallies[split].counts() for split in SPLITS}
     schema.DatasetInfo(task=source.task, names=list(source.names), split_counts=split_counts,
-                       source_format=config.format).save(config.output_dir)
+                       source_format=config.format, shards=shards).save(config.output_dir)
     save_json(_label_fractions(cases, tallies[splits.TRAIN], config.split_seed),
               f"{config.output_dir}/{LABEL_FRACTIONS_FILE}")
     report = ledger.report(
@@ -109,9 +113,10 @@ def build_dataset(config: BuildConfig) -> dict:
          for split in SPLITS},
         time.perf_counter() - started, format=config.format, output_dir=config.output_dir,
         num_workers=config.workers, empty_cases=empty_cases,
-        shards={split: len(names) for split, names in shards.items()},
+        shards={split: len(split_shards) for split, split_shards in shards.items()},
+        command=config.command_line(),
         stage_seconds={stage: round(seconds, 3) for stage, seconds in stages.items()})
-    save_json(report, f"{config.output_dir}/{REPORT_FILE}")
+    save_json(report, f"{config.output_dir}/{schema.REPORT_FILE}")
     return report
 
 
@@ -189,7 +194,8 @@ def _label_fraction_ranks(cases: list[_Case], task: str, seed: int) -> dict[str,
 
 
 def _write_cases(cases: list[_Case], num_labels: int, config: BuildConfig, image_root: str,
-                 ledger: Ledger) -> tuple[dict[str, _SplitTally], dict[str, list[str]], int]:
+                 ledger: Ledger) -> tuple[dict[str, _SplitTally], dict[str, list[schema.ShardInfo]],
+                                          int]:
     """Reads the images in parallel and writes one record per case; returns what was written."""
     ordered = sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
         config.split_seed, "order", case.case_id), case.case_id))
@@ -262,26 +268,12 @@ def _label_fractions(cases: list[_Case], train: _SplitTally, seed: int) -> dict:
             "fractions": fractions}
 
 
-def _run(argv: list[str], make_config: Callable[[], BuildConfig]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = make_config()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-    try:
-        report = build_dataset(config)
-    except (ManifestError, BuildError, FileExistsError, FileNotFoundError) as error:
-        sys.exit(f"data_prep.build: error: {error}")
-    print(format_summary(report))
-
-
 def main() -> None:
     # Imported here, not at the top, so that importing this module from another program (which
     # has flags of its own, such as --image_size) defines no flags.
-    from flags import build_flags
+    from flags import build_flags, entry_point
 
-    app.run(functools.partial(_run, make_config=build_flags.build_config))
+    entry_point.run(lambda: print(format_summary(build_dataset(build_flags.build_config()))))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 
 FORMATS = ("chexpert", "nih", "ham10000", "generic")
 UNCERTAINTY_POLICIES = ("ones", "zeros", "ignore")
 CASE_KEYS = ("patient", "study")
 ON_ERROR = ("skip", "fail")
+# Fields whose `python -m data_prep.build` flag has another name; the others have the field's.
+FLAG_NAMES = {"manifests": "manifest"}
+_PATH_FIELDS = ("manifests", "image_root", "output_dir")
+_NOT_RECORDED = ("overwrite", "progress")  # how to run, not what to build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +96,31 @@ class BuildConfig:
         if self.classes and not self.label_column:
             raise ValueError("--classes applies to a multi-class --label_column only")
 
+    def command_line(self) -> str:
+        """The `python -m data_prep.build` command of this build: its flags that differ from
+        their defaults, with absolute local paths (report.json records it, so that a damaged
+        build can be rebuilt)."""
+        args = ["python", "-m", "data_prep.build"]
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in _NOT_RECORDED or value == field.default:
+                continue
+            if field.name in _PATH_FIELDS:
+                value = (tuple(map(_absolute, value)) if isinstance(value, tuple)
+                         else _absolute(value))
+            name = FLAG_NAMES.get(field.name, field.name)
+            if isinstance(value, bool):
+                args.append(f"--{'' if value else 'no'}{name}")
+            else:
+                args.append(f"--{name}={','.join(value) if isinstance(value, tuple) else value}")
+        return shlex.join(args)
+
     @property
     def workers(self) -> int:
         """Worker processes to use (num_workers, or the number of CPU cores when 0)."""
         return self.num_workers or os.cpu_count() or 1
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute; URLs (gs://...) as they are."""
+    return path if "://" in path else os.path.abspath(path)

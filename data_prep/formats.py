@@ -20,6 +20,7 @@ from typing import Iterable
 from data_prep import manifest
 from data_prep.config import BuildConfig
 from data_prep.manifest import BAD_LABEL, MISSING_VALUE, ImageRow, RowRejected, required
+from simclr_med.errors import UserError
 from simclr_med.schema import MULTICLASS, MULTILABEL
 
 CHEXPERT_OBSERVATIONS = (
@@ -62,9 +63,9 @@ def select_labels(spec: str, default: tuple[str, ...], available: tuple[str, ...
     names = tuple(name.strip() for name in spec.split(",") if name.strip())
     unknown = [name for name in names if name not in available]
     if unknown or not names:
-        raise ValueError(f"unknown label(s) {', '.join(map(repr, unknown))}; choose from "
-                         f"{', '.join(presets)} or a comma-separated subset of "
-                         f"{', '.join(available)}")
+        raise UserError(f"unknown label(s) {', '.join(map(repr, unknown))}; choose from "
+                        f"{', '.join(presets)} or a comma-separated subset of "
+                        f"{', '.join(available)}")
     return names
 
 

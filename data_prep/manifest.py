@@ -14,6 +14,8 @@ import gzip
 import os
 from typing import Iterator, Protocol, TextIO
 
+from simclr_med.errors import UserError
+
 MALFORMED_ROW = "malformed_row"
 MISSING_VALUE = "missing_value"
 BAD_LABEL = "bad_label"
@@ -26,7 +28,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validati
                   "test": "test", "testing": "test"}
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest as a whole cannot be read (missing file or columns, not a CSV)."""
 
 

@@ -11,12 +11,13 @@ import json
 
 import tensorflow as tf
 
-REPORT_FILE = "report.json"
+from simclr_med.errors import UserError
+
 MAX_EXAMPLES = 20
 
 
-class BuildError(RuntimeError):
-    """A build stopped: a row was skipped under `--on_error=fail`, or the accounts do not add up."""
+class BuildError(UserError, RuntimeError):
+    """A build stopped: a row could not be written under `--on_error=fail`."""
 
 
 class Ledger:
@@ -41,7 +42,7 @@ class Ledger:
         """The report, after checking that every row is accounted for."""
         accounted = self.images_written + sum(self.skipped.values())
         if accounted != self.rows_in:
-            raise BuildError(f"accounting error: {self.rows_in} rows in, {self.images_written} "
+            raise RuntimeError(f"accounting error: {self.rows_in} rows in, {self.images_written} "
                              f"written + {sum(self.skipped.values())} skipped = {accounted}")
         return {"rows_in": self.rows_in, "images_written": self.images_written,
                 "skipped": dict(sorted(self.skipped.items())),

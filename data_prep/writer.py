@@ -4,8 +4,10 @@ Shards of one split are filled up to a target size and written as
 `.<split>-NNNNN.tfrecord.incomplete`; only when the whole build has succeeded are they renamed to
 `<split>-NNNNN-of-MMMMM.tfrecord` (`schema.shard_name`), so a failed or interrupted build never
 leaves a file that a reader would take for a shard. Every split gets at least one shard, empty if
-it has no cases, so readers can always open it. Paths go through `tf.io.gfile`, so the output
-folder can be a cloud bucket (gs://...) as well as a local folder.
+it has no cases, so readers can always open it. Each shard's size and SHA-256 are taken once it
+is complete, for `dataset_info.json` (readers check them: `simclr_med.integrity`). Paths go
+through `tf.io.gfile`, so the output folder can be a cloud bucket (gs://...) as well as a local
+folder.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import math
 
 import tensorflow as tf
 
-from simclr_med import schema
+from simclr_med import integrity, schema
+from simclr_med.errors import UserError
 
 _BUILD_FILES = ("*-of-*.tfrecord", ".*.tfrecord.incomplete", schema.DATASET_INFO_FILE,
-                "report.json", "label_fractions.json")
+                schema.REPORT_FILE, "label_fractions.json")
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -26,8 +29,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     existing = sorted(path for pattern in _BUILD_FILES
                       for path in tf.io.gfile.glob(f"{output_dir}/{pattern}"))
     if existing and not overwrite:
-        raise FileExistsError(f"{output_dir} already holds a build ({len(existing)} files, e.g. "
-                              f"{existing[0]}); pass --overwrite to replace it")
+        raise UserError(f"{output_dir} already holds a build ({len(existing)} files, e.g. "
+                        f"{existing[0]}); pass --overwrite to replace it")
     for path in existing:
         tf.io.gfile.remove(path)
 
@@ -70,17 +73,18 @@ class ShardedWriter:
             self._writer.close()
             self._writer = None
 
-    def finish(self) -> list[str]:
-        """Renames the complete shards to their final names; returns those names."""
+    def finish(self) -> list[schema.ShardInfo]:
+        """Renames the complete shards to their final names; returns their names, sizes and
+        SHA-256."""
         if not self._paths:
             self._next_shard()
         self._close()
-        names = []
+        shards = []
         for index, path in enumerate(self._paths):
-            name = schema.shard_name(self._split, index, len(self._paths))
-            tf.io.gfile.rename(path, f"{self._output_dir}/{name}", overwrite=True)
-            names.append(name)
-        return names
+            final = f"{self._output_dir}/{schema.shard_name(self._split, index, len(self._paths))}"
+            tf.io.gfile.rename(path, final, overwrite=True)
+            shards.append(integrity.describe_shard(final))
+        return shards
 
     def discard(self) -> None:
         """Removes the incomplete shards (after a failed build)."""

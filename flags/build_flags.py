@@ -6,7 +6,9 @@ import dataclasses
 
 from absl import flags
 
-from data_prep.config import CASE_KEYS, FORMATS, ON_ERROR, UNCERTAINTY_POLICIES, BuildConfig
+from data_prep.config import (CASE_KEYS, FLAG_NAMES, FORMATS, ON_ERROR,
+                              UNCERTAINTY_POLICIES, BuildConfig)
+from flags.entry_point import from_flags
 
 FLAGS = flags.FLAGS
 
@@ -59,13 +61,11 @@ flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 flags.mark_flags_as_required(["format", "manifest", "image_root", "output_dir"])
 
-_RENAMED = {"manifests": "manifest"}
-
 
 def build_config() -> BuildConfig:
     """The `BuildConfig` the parsed flags describe (lists become tuples)."""
     values = {}
     for field in dataclasses.fields(BuildConfig):
-        value = FLAGS[_RENAMED.get(field.name, field.name)].value
+        value = FLAGS[FLAG_NAMES.get(field.name, field.name)].value
         values[field.name] = tuple(value) if isinstance(value, list) else value
-    return BuildConfig(**values)
+    return from_flags(BuildConfig, **values)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from absl import flags
 
 from flags import run_flags
+from flags.entry_point import from_flags
 from simclr_med import linear_eval
 from simclr_med.config import AugmentConfig
 from simclr_med.evaluate import EvalConfig
@@ -78,8 +79,8 @@ def eval_config() -> EvalConfig:
 
 def linear_eval_config(max_images: int | None = None) -> linear_eval.LinearEvalConfig:
     """For linear evaluation; `max_images` replaces --linear_eval_max_images (the monitor)."""
-    return linear_eval.LinearEvalConfig(
-        train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
+    return from_flags(
+        linear_eval.LinearEvalConfig, train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
         label_fraction=FLAGS.label_fraction, endpoint=FLAGS.linear_eval_endpoint,
         knn_k=FLAGS.knn_k, regularization=FLAGS.linear_eval_regularization,
         max_images=FLAGS.linear_eval_max_images if max_images is None else max_images,

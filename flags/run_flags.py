@@ -10,6 +10,7 @@ import dataclasses
 
 from absl import flags
 
+from flags.entry_point import from_flags
 from simclr_med import augment
 from simclr_med.config import (AugmentConfig, DataConfig, ModelConfig, OptimConfig,
                                PretrainConfig, StrategyConfig, TrainConfig)
@@ -29,6 +30,9 @@ flags.DEFINE_string("eval_split", "validation", "Split to evaluate on.")
 flags.DEFINE_string("tfds_dataset", "", "A TFDS image-classification data set (e.g. cifar10).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder.")
 flags.DEFINE_integer("shuffle_buffer", 2048, "Shuffle buffer of training examples.")
+flags.DEFINE_boolean("verify_data", False, "Check the SHA-256 of every shard of --data_dir "
+                     "against its dataset_info.json before starting (reads the whole build); "
+                     "without it only the shard sizes are checked.")
 
 # Model.
 flags.DEFINE_integer("resnet_depth", 50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
@@ -109,34 +113,39 @@ def _fields(config_class) -> dict:
             if f.name in FLAGS}
 
 
+def _config(config_class):
+    """The `config_class` of the flags named like its fields."""
+    return from_flags(config_class, **_fields(config_class))
+
+
 def model_config() -> ModelConfig:
-    return ModelConfig(**_fields(ModelConfig))
+    return _config(ModelConfig)
 
 
 def optim_config() -> OptimConfig:
-    return OptimConfig(**_fields(OptimConfig))
+    return _config(OptimConfig)
 
 
 def augment_config(preset: str = "") -> AugmentConfig:
     """The `preset` (default: --augmentation) with the augmentation flags that are set."""
     overrides = {k: v for k, v in _fields(AugmentConfig).items() if v is not None}
-    return augment.preset(preset or FLAGS.augmentation, **overrides)
+    return from_flags(augment.preset, preset or FLAGS.augmentation, **overrides)
 
 
 def strategy_config() -> StrategyConfig:
-    return StrategyConfig(**_fields(StrategyConfig))
+    return _config(StrategyConfig)
 
 
 def data_config() -> DataConfig:
-    return DataConfig(**_fields(DataConfig))
+    return _config(DataConfig)
 
 
 def train_config() -> TrainConfig:
-    return TrainConfig(**_fields(TrainConfig))
+    return _config(TrainConfig)
 
 
 def pretrain_config() -> PretrainConfig:
-    return PretrainConfig(**_fields(PretrainConfig))
+    return _config(PretrainConfig)
 
 
 def flag_values() -> dict:

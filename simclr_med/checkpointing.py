@@ -102,13 +102,13 @@ def load_init_weights(model, path: str, projection_layers: Optional[int] = None)
             model, path, projection_layers=projection_layers, include_supervised_head=False))
     prefix = resolve_checkpoint(path)
     if prefix is None:
-        raise FileNotFoundError(f"--init_checkpoint {path!r}: no checkpoint found there")
+        raise UserError(f"--init_checkpoint {path!r}: no checkpoint found there")
     folder = path if tf.io.gfile.isdir(path) else os.path.dirname(prefix)
     source = ModelRecord.load(folder).model
     differences = architecture_differences(model.config, source)
     if differences:
-        raise ValueError(f"--init_checkpoint {path!r} does not fit the requested model: "
-                         + "; ".join(differences))
+        raise UserError(f"--init_checkpoint {path!r} does not fit the requested model: "
+                        + "; ".join(differences))
     head_layers = model.projection_head.linear_layers
     head_layers = head_layers if projection_layers is None else head_layers[:projection_layers]
     head = tf.train.Checkpoint(**{f"layer{j}": layer for j, layer in enumerate(head_layers)})

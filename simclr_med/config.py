@@ -87,6 +87,7 @@ class DataConfig:
     tfds_data_dir: Optional[str] = None
     train_split: str = "train"
     eval_split: str = "validation"
+    verify_data: bool = False  # check every shard's SHA-256 on opening a build (else: sizes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,12 @@ Converts an official SimCLR TF2 checkpoint or SavedModel once into this package'
 
 from __future__ import annotations
 
-from absl import app, flags
+from flags import entry_point
+
+if __name__ == "__main__":  # hide TensorFlow's start-up notices, before the imports below load it
+    entry_point.import_tensorflow_quietly()
+
+from absl import flags
 
 from flags import convert_flags
 from simclr_med import reference_checkpoint
@@ -14,15 +19,10 @@ from simclr_med import reference_checkpoint
 flags.adopt_module_key_flags(convert_flags)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main() -> None:
     args = convert_flags.convert_args()
-    try:
-        record, report = reference_checkpoint.convert_reference_checkpoint(
-            args.source, args.output_dir, args.image_size)
-    except reference_checkpoint.ReferenceCheckpointError as error:
-        raise SystemExit(f"convert_checkpoint: {error}") from error
+    record, report = reference_checkpoint.convert_reference_checkpoint(
+        args.source, args.output_dir, args.image_size)
     config = record.model
     print(f"{report}\nsaved ResNet-{config.resnet_depth} (width {config.width_multiplier:g}, "
           f"sk_ratio {config.sk_ratio:g}, {config.num_proj_layers} projection layers, "
@@ -30,4 +30,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry_point.run(main)

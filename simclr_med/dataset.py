@@ -4,6 +4,9 @@ A data_prep build holds one record per case (see `simclr_med.schema`). MICLe rea
 SimCLR, fine-tuning and evaluation read the flattened images, each carrying its case and patient id.
 Files are interleaved (and shuffled when training); with several input pipelines (multi-worker
 training) each reads a disjoint part: whole files when there are enough, else every n-th record.
+Opening a build checks its shards (`simclr_med.integrity`); the functions that train or evaluate
+on a `Source` are decorated with `integrity.names_damaged_shards`, which names the shard behind
+a damaged-record error.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Callable, Optional, Union
 
 import tensorflow as tf
 
-from simclr_med import schema
+from simclr_med import integrity, schema
+from simclr_med.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 Seed = Union[int, tf.Tensor]  # a Python int, or an int64 scalar inside a tf.data function
@@ -32,13 +36,21 @@ class Source:
         """Images (or cases/patients) in a split, from the build's counts."""
         counts = self.info.split_counts.get(split)
         if not counts or unit not in counts:
-            raise ValueError(f"no {unit} count for split {split!r}; the data set has "
-                             f"{sorted(self.info.split_counts)}")
+            raise UserError(f"no {unit} count for split {split!r}; the data set has "
+                            f"{sorted(self.info.split_counts)}")
         return int(counts[unit])
 
 
-def open_build(data_dir: str) -> Source:
-    return Source(info=schema.DatasetInfo.load(data_dir), data_dir=data_dir)
+def open_build(data_dir: str, verify: bool = False) -> Source:
+    """A data_prep build, after checking that its shards have their recorded sizes (a stat per
+    shard) and, with `verify`, their SHA-256 (reads every shard); a damaged build raises
+    `integrity.DamagedBuildError`, naming the shards and how to rebuild them."""
+    info = schema.DatasetInfo.load(data_dir)
+    if verify:
+        integrity.verify_checksums(data_dir, info)
+    else:
+        integrity.check_sizes(data_dir, info)
+    return Source(info=info, data_dir=data_dir)
 
 
 def open_tfds(name: str, data_dir: Optional[str] = None) -> Source:
@@ -55,10 +67,10 @@ def open_tfds(name: str, data_dir: Optional[str] = None) -> Source:
 
 
 def shard_files(data_dir: str, split: str) -> list[str]:
-    files = sorted(tf.io.gfile.glob(schema.shard_pattern(data_dir, split)))
+    files = schema.shard_paths(data_dir, split)
     if not files:
-        raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir!r} "
-                                f"(expected {split}-NNNNN-of-MMMMM.tfrecord)")
+        raise UserError(f"no TFRecord shards for split {split!r} in {data_dir!r} "
+                        f"(expected {split}-NNNNN-of-MMMMM.tfrecord)")
     return files
 
 
@@ -91,7 +103,7 @@ def read_cases(source: Source, split: str, *, shuffle_files: bool = False, seed:
 def select_label_fraction(cases: tf.data.Dataset, fraction: float) -> tf.data.Dataset:
     """The nested, class-stratified subset of training patients stored by data_prep."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+        raise UserError(f"label_fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return cases
     return cases.filter(lambda case: case["label_fraction_rank"] <= fraction)
@@ -148,8 +160,8 @@ def epoch_reader(source: Source, split: str, *, cases: bool = False, seed: int =
     the epoch's seed. TFDS files keep one order (from `seed`); the shuffle buffer still differs."""
     if source.tfds_name:
         if cases:
-            raise ValueError(f"MICLe needs case bags: use a data_prep build (--data_dir), not "
-                             f"the TFDS data set {source.tfds_name!r}")
+            raise UserError(f"MICLe needs case bags: use a data_prep build (--data_dir), not "
+                            f"the TFDS data set {source.tfds_name!r}")
         images = read_images(source, split, shuffle_files=True, seed=seed,
                              input_context=input_context, label_fraction=label_fraction)
         return lambda epoch_seed: images
@@ -197,6 +209,6 @@ def _epoch_length(one_epoch: tf.data.Dataset, count_all: bool) -> int:
     counted = one_epoch if count_all else one_epoch.take(1)
     size = int(counted.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
     if size == 0:
-        raise ValueError("this input pipeline's share of the training split is empty "
-                         "(no readable or labelled examples)")
+        raise UserError("this input pipeline's share of the training split is empty "
+                        "(no readable or labelled examples)")
     return size

@@ -26,6 +26,7 @@ from scipy import special
 from simclr_med import checkpointing, label_mapping, metrics, plots, schema
 from simclr_med.dataset import Source
 from simclr_med.errors import UserError
+from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import LABEL_FIELDS, evaluation_dataset
 from simclr_med.model import SimCLRModel, output_shapes, unless_empty
 from simclr_med.trainer import write_json
@@ -88,7 +89,7 @@ class Predictor:
                 collected.setdefault(key, []).append(value)
         joined = {k: np.concatenate(v) for k, v in collected.items()}
         if not joined:
-            raise ValueError("the evaluation split holds no images")
+            raise UserError("the evaluation split holds no images")
         return ImageOutputs(
             image_id=np.char.decode(joined["image_id"].astype(bytes)),
             patient_id=np.char.decode(joined["patient_id"].astype(bytes)),
@@ -117,23 +118,23 @@ class Alignment:
 def align(model_task: str, model_names: Sequence[str], data: schema.DatasetInfo) -> Alignment:
     """Matches a model's classes or labels to a data set's; raises when nothing can be compared."""
     if model_task != data.task:
-        raise ValueError(f"the model is {model_task} ({', '.join(model_names)}) but the data set "
-                         f"is {data.task} ({', '.join(data.names)}): they cannot be compared")
+        raise UserError(f"the model is {model_task} ({', '.join(model_names)}) but the data set "
+                        f"is {data.task} ({', '.join(data.names)}): they cannot be compared")
     matches = label_mapping.match_labels(model_names, data.names)
     renamed = {m.data_name: m.model_name for m in matches if m.data_name != m.model_name}
     unmatched_data = [n for n in data.names if n not in {m.data_name for m in matches}]
     unmatched_model = [n for n in model_names if n not in {m.model_name for m in matches}]
     if model_task == schema.MULTICLASS:
         if unmatched_data:
-            raise ValueError(f"data set classes {unmatched_data} are not among the model's "
-                             f"classes {list(model_names)} (matched through "
-                             "simclr_med.label_mapping): multi-class evaluation needs them all")
+            raise UserError(f"data set classes {unmatched_data} are not among the model's "
+                            f"classes {list(model_names)} (matched through "
+                            "simclr_med.label_mapping): multi-class evaluation needs them all")
         return Alignment(model_task, tuple(model_names), tuple(range(len(model_names))),
                          tuple(m.model_index for m in matches), renamed,
                          {"model": unmatched_model, "data": []})
     if not matches:
-        raise ValueError(f"the model's labels {list(model_names)} and the data set's "
-                         f"{list(data.names)} share none (see simclr_med.label_mapping)")
+        raise UserError(f"the model's labels {list(model_names)} and the data set's "
+                        f"{list(data.names)} share none (see simclr_med.label_mapping)")
     return Alignment(model_task, tuple(m.data_name for m in matches),
                      tuple(m.model_index for m in matches), tuple(m.data_index for m in matches),
                      renamed, {"model": unmatched_model, "data": unmatched_data})
@@ -191,8 +192,8 @@ def load_model(model_dir: str, which: str = "auto") -> tuple[SimCLRModel,
     """(model with its supervised head, its record, checkpoint prefix, global step)."""
     record = checkpointing.ModelRecord.load(model_dir)
     if not record.num_classes:
-        raise ValueError(f"{model_dir!r} holds a model without a supervised head (a pretraining "
-                         "run without labels): fine-tune it first, or use --mode=linear_eval")
+        raise UserError(f"{model_dir!r} holds a model without a supervised head (a pretraining "
+                        "run without labels): fine-tune it first, or use --mode=linear_eval")
     model = SimCLRModel(record.model, record.num_classes, stop_gradient_to_head=False)
     model.build_for_image_size()
     prefix = inference_checkpoint(model_dir, which)
@@ -214,14 +215,15 @@ def restore(model: SimCLRModel, prefix: str) -> int:
     return int(reader.get_tensor(STEP_KEY)) if reader.has_tensor(STEP_KEY) else 0
 
 
+@names_damaged_shards
 def evaluate(model_dir: str, source: Source, split: str,
              config: EvalConfig = EvalConfig()) -> dict:
     """Evaluates the model of `model_dir` on `split` of `source`; writes the files (into
     `config.output_dir`, default `model_dir`) and returns the eval json."""
     output_dir = config.output_dir or model_dir
     if not source.num_examples(split):
-        raise ValueError(f"split {split!r} of {source.data_dir or source.tfds_name} holds no "
-                         "images")
+        raise UserError(f"split {split!r} of {source.data_dir or source.tfds_name} holds no "
+                        "images")
     model, record, prefix, step = load_model(model_dir, config.checkpoint)
     alignment = align(record.task, class_names(record, source.info), source.info)
     dataset = evaluation_dataset(source, split, record.model.image_size,

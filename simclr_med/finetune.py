@@ -30,6 +30,8 @@ from absl import logging
 from simclr_med import checkpointing, evaluate, metrics, schedule, supervised
 from simclr_med.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
 from simclr_med.dataset import Source
+from simclr_med.errors import UserError
+from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
                                        training_dataset)
 from simclr_med.model import SimCLRModel, no_decay_variables
@@ -58,8 +60,8 @@ def freeze_blocks(model: SimCLRModel, fine_tune_after_block: int) -> None:
     """Freezes the stem and the first `fine_tune_after_block` block groups (-1: nothing;
     4: the whole backbone, which leaves a linear classifier on fixed features)."""
     if not -1 <= fine_tune_after_block <= NUM_BLOCK_GROUPS:
-        raise ValueError(f"fine_tune_after_block must be in [-1, {NUM_BLOCK_GROUPS}], got "
-                         f"{fine_tune_after_block}")
+        raise UserError(f"fine_tune_after_block must be in [-1, {NUM_BLOCK_GROUPS}], got "
+                        f"{fine_tune_after_block}")
     if fine_tune_after_block >= 0:
         model.resnet.stem.trainable = False
     for group in model.resnet.block_groups[:max(fine_tune_after_block, 0)]:
@@ -72,8 +74,8 @@ def freeze_unused_projection_layers(model: SimCLRModel) -> None:
     layers = model.projection_head.linear_layers
     selector = model.config.ft_proj_selector
     if not 0 <= selector <= len(layers):
-        raise ValueError(f"ft_proj_selector={selector}, but the projection head has "
-                         f"{len(layers)} layer(s)")
+        raise UserError(f"ft_proj_selector={selector}, but the projection head has "
+                        f"{len(layers)} layer(s)")
     for layer in layers[selector:]:
         layer.trainable = False
 
@@ -105,6 +107,7 @@ class BestCheckpoint:
         return True
 
 
+@names_damaged_shards
 def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
              source: Source, train: TrainConfig, config: FinetuneConfig,
              strategy: tf.distribute.Strategy, split: str = "train") -> dict:
@@ -113,12 +116,12 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
     task, names = source.info.task, tuple(source.info.names)
     best_metric = config.best_metric or metrics.main_metric(task)
     if best_metric not in metrics.metric_names(task, names):
-        raise ValueError(f"best_metric {best_metric!r} is not one of "
-                         f"{metrics.metric_names(task, names)}")
+        raise UserError(f"best_metric {best_metric!r} is not one of "
+                        f"{metrics.metric_names(task, names)}")
     num_examples = count_training_images(source, split, config.label_fraction)
     if not num_examples:
-        raise ValueError(f"label fraction {config.label_fraction} of split {split!r} holds no "
-                         "image")
+        raise UserError(f"label fraction {config.label_fraction} of split {split!r} holds no "
+                        "image")
     batch = train.train_batch_size
     steps = total_steps(train, num_examples)
     learning_rate = schedule.WarmupCosine(

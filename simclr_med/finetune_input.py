@@ -23,6 +23,7 @@ from absl import logging
 from simclr_med import augment, preprocess
 from simclr_med.config import AugmentConfig
 from simclr_med.dataset import AUTOTUNE, Source, epoch_reader, read_images, shuffled_epochs
+from simclr_med.errors import UserError
 
 LABEL_FIELDS = ("class_id", "labels", "label_mask")
 LABEL_FRACTIONS_FILE = "label_fractions.json"  # written by data_prep next to dataset_info.json
@@ -59,8 +60,8 @@ def _decoded(image: dict) -> tf.Tensor:
 
 def _check_label_fraction(source: Source, label_fraction: float) -> None:
     if label_fraction < 1.0 and source.tfds_name:
-        raise ValueError("--label_fraction needs the patient subsets stored by data_prep; "
-                         f"the TFDS data set {source.tfds_name!r} has none")
+        raise UserError("--label_fraction needs the patient subsets stored by data_prep; "
+                        f"the TFDS data set {source.tfds_name!r} has none")
 
 
 def _read_selected(source: Source, split: str, label_fraction: float, **kwargs) -> tf.data.Dataset:

@@ -26,6 +26,8 @@ from sklearn.preprocessing import StandardScaler
 from simclr_med import checkpointing, evaluate, metrics, schema
 from simclr_med.config import ModelConfig
 from simclr_med.dataset import Source
+from simclr_med.errors import UserError
+from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import evaluation_dataset
 from simclr_med.model import SimCLRModel
 from simclr_med.trainer import write_json
@@ -68,7 +70,7 @@ def _labelled_rows(train: evaluate.ImageOutputs, info: schema.DatasetInfo,
     """Training features and targets of the labelled images only."""
     keep = _targets(train, info).labelled()
     if not keep.any():
-        raise ValueError("the training split holds no labelled image to fit on")
+        raise UserError("the training split holds no labelled image to fit on")
     truth = {k: v[keep] for k, v in train.truth.items()}
     return train.outputs[endpoint][keep], metrics.Targets(info.task, tuple(info.names), **truth)
 
@@ -129,6 +131,7 @@ def load_encoder(model_dir: str, init_checkpoint: str, model_config: ModelConfig
     return model, prefix, evaluate.restore(model, prefix)
 
 
+@names_damaged_shards
 def linear_eval(model: SimCLRModel, source: Source, config: LinearEvalConfig,
                 eval_config: evaluate.EvalConfig, model_dir: str, *, checkpoint: str,
                 global_step: int) -> dict:
@@ -163,7 +166,7 @@ class KnnMonitor:
     def __init__(self, source: Source, config: LinearEvalConfig):
         for split in (config.train_split, config.eval_split):
             if not source.info.split_counts.get(split, {}).get("images", 0):
-                raise ValueError(f"--monitor=knn needs images in split {split!r}")
+                raise UserError(f"--monitor=knn needs images in split {split!r}")
         self.source = source
         self.config = config
 

@@ -9,12 +9,17 @@ exporter (`simclr_med.export`) writes them under these names. Flags: flags/predi
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: hide TensorFlow's start-up notices before it loads
+    from flags import entry_point
+
+    entry_point.import_tensorflow_quietly()
+
 import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 from simclr_med.errors import UserError
 
@@ -106,10 +111,9 @@ def run(export_dir: str, images: list[str], top_k: int) -> int:
     return failed
 
 
-def main(argv: list[str]) -> None:
-    images = argv[1:]
+def main(images: list[str]) -> None:
     if not images:
-        raise app.UsageError("name one or more image files (PNG or JPEG) after the flags")
+        raise UserError("name one or more image files (PNG or JPEG) after the flags")
     failed = run(predict_flags.export_dir(), images, predict_flags.top_k())
     if failed:
         raise SystemExit(f"predict: {failed} of {len(images)} image(s) could not be read")
@@ -121,4 +125,4 @@ if __name__ == "__main__":
     from flags import predict_flags
 
     flags.adopt_module_key_flags(predict_flags)
-    app.run(main)
+    entry_point.run(main, takes_args=True)

@@ -19,6 +19,7 @@ from simclr_med import checkpointing, objective, schedule, supervised
 from simclr_med.config import (AugmentConfig, ModelConfig, OptimConfig, PretrainConfig,
                                TrainConfig)
 from simclr_med.dataset import Source
+from simclr_med.integrity import names_damaged_shards
 from simclr_med.model import SimCLRModel, no_decay_variables
 from simclr_med.optimizers import build_optimizer
 from simclr_med.pretrain_input import PairSpec, pair_dataset
@@ -71,6 +72,7 @@ def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperatur
     return loss, tape.gradient(scaled, model.trainable_variables), outputs
 
 
+@names_damaged_shards
 def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
              source: Source, train: TrainConfig, pretrain_config: PretrainConfig,
              strategy: tf.distribute.Strategy, split: str = "train",

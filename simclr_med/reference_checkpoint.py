@@ -29,6 +29,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from simclr_med import checkpointing
 from simclr_med.config import ModelConfig
+from simclr_med.errors import UserError
 from simclr_med.model import SimCLRModel
 from simclr_med.projection_head import LinearLayer
 from simclr_med.resnet import (BLOCKS_PER_GROUP, BOTTLENECK_MIN_DEPTH, CIFAR_STEM_MAX_SIZE,
@@ -66,7 +67,7 @@ _VARIABLE_NAMES = ((keras.layers.BatchNormalization, ("gamma", "beta", "moving_m
                    (keras.layers.Dense, ("kernel", "bias")))
 
 
-class ReferenceCheckpointError(ValueError):
+class ReferenceCheckpointError(UserError, ValueError):
     """The checkpoint cannot be read, or does not fit the model; the message says why and where."""
 
 

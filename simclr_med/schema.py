@@ -21,6 +21,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from simclr_med.errors import UserError
+
 SCHEMA_VERSION = 1
 
 CASE_ID = "case/id"
@@ -141,6 +143,16 @@ def parse_case(serialized: tf.Tensor, num_labels: int = 0) -> dict[str, tf.Tenso
 
 
 DATASET_INFO_FILE = "dataset_info.json"
+REPORT_FILE = "report.json"  # data_prep's account of the build, with the command that made it
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """One TFRecord shard as data_prep wrote it: its file name, size and SHA-256."""
+
+    file: str  # e.g. train-00000-of-00004.tfrecord, in the build folder
+    bytes: int
+    sha256: str  # hex digest of the whole file
 
 
 @dataclasses.dataclass
@@ -150,6 +162,8 @@ class DatasetInfo:
     `split_counts` maps a split name to {"patients": n, "cases": n, "images": n}.
     For multi-class builds `names` are the class names (class id = index); for multi-label
     builds they are the label names (column of `image/labels` = index).
+    `shards` maps a split name to its shards; builds made before shards were recorded have none
+    (they open, but cannot be verified).
     """
 
     task: str
@@ -157,6 +171,7 @@ class DatasetInfo:
     split_counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     source_format: str = ""
     schema_version: int = SCHEMA_VERSION
+    shards: dict[str, list[ShardInfo]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -169,10 +184,14 @@ class DatasetInfo:
         return len(self.names)
 
     def to_json(self) -> dict:
-        return {"schema_version": self.schema_version, "task": self.task,
+        data = {"schema_version": self.schema_version, "task": self.task,
                 "source_format": self.source_format,
                 "class_names" if self.task == MULTICLASS else "label_names": self.names,
                 "splits": self.split_counts}
+        if self.shards:
+            data["shards"] = {split: [dataclasses.asdict(shard) for shard in shards]
+                              for split, shards in self.shards.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "DatasetInfo":
@@ -180,9 +199,12 @@ class DatasetInfo:
         if task not in (MULTICLASS, MULTILABEL):
             raise ValueError(f"unknown task {task!r} in {DATASET_INFO_FILE}")
         names = data["class_names"] if task == MULTICLASS else data["label_names"]
+        shards = {split: [ShardInfo(**shard) for shard in entries]
+                  for split, entries in data.get("shards", {}).items()}
         return cls(task=task, names=list(names), split_counts=dict(data.get("splits", {})),
                    source_format=data.get("source_format", ""),
-                   schema_version=int(data.get("schema_version", SCHEMA_VERSION)))
+                   schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
+                   shards=shards)
 
     def save(self, directory: str) -> None:
         with tf.io.gfile.GFile(f"{directory}/{DATASET_INFO_FILE}", "w") as f:
@@ -192,7 +214,7 @@ class DatasetInfo:
     def load(cls, directory: str) -> "DatasetInfo":
         path = f"{directory}/{DATASET_INFO_FILE}"
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {directory!r} a data_prep output folder?")
+            raise UserError(f"{path} not found: is {directory!r} a data_prep output folder?")
         with tf.io.gfile.GFile(path) as f:
             return cls.from_json(json.load(f))
 
@@ -200,6 +222,11 @@ class DatasetInfo:
 def shard_pattern(directory: str, split: str) -> str:
     """Glob of the TFRecord shards `<split>-NNNNN-of-MMMMM.tfrecord` of one split."""
     return f"{directory}/{split}-*-of-*.tfrecord"
+
+
+def shard_paths(directory: str, split: str) -> list[str]:
+    """The shards of one split found in `directory`, in order."""
+    return sorted(tf.io.gfile.glob(shard_pattern(directory, split)))
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:

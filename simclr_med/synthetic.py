@@ -13,6 +13,7 @@ user's data (`--format=generic`), so the default path exercises the real pipelin
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ("disc", "ring", "bar", "cross")
-VERSION = 1
+VERSION = 2  # of the cached build: 2 records shard sizes and SHA-256 (the images are as in 1)
 MANIFEST = "metadata.csv"
 COLUMNS = ("image_id", "path", "case_id", "patient_id", "label")
 
@@ -111,9 +112,24 @@ def default_build(root: str | None = None, num_workers: int = 1) -> str:
         output_dir=os.path.join(staging, "build"), image_column="path", image_id_column="image_id",
         case_column="case_id", patient_column="patient_id", label_column="label",
         classes=CLASSES, num_workers=num_workers, progress=False))
+    _report_final_folder(staging, target)
     try:
         os.rename(staging, target)
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return os.path.join(target, "build")
 
+
+
+def _report_final_folder(staging: str, target: str) -> None:
+    """Makes the build's report.json name the folders it is moved to, so that the rebuild
+    command it records (quoted when a shard is damaged) works there."""
+    from data_prep.report import save_json
+    from simclr_med import schema
+
+    path = os.path.join(staging, "build", schema.REPORT_FILE)
+    with open(path) as f:
+        report = json.load(f)
+    for key in ("command", "output_dir"):
+        report[key] = report[key].replace(staging, target)
+    save_json(report, path)

@@ -19,6 +19,7 @@ from data_prep.config import BuildConfig
 from data_prep.manifest import ManifestError
 from data_prep.report import BuildError
 from simclr_med import schema
+from simclr_med.errors import UserError
 
 CLASSES = ("benign", "malignant", "unclear")
 HEADER = "path,lesion,patient,diagnosis"
@@ -100,8 +101,10 @@ def read_build(output_dir, num_labels: int = 0) -> dict[str, list[dict]]:
 
 
 def _shard_bytes(output_dir) -> dict[str, bytes]:
+    """The shards and dataset_info.json (which records their sizes and SHA-256), by name."""
     return {os.path.basename(p): open(p, "rb").read()
-            for p in sorted(glob.glob(f"{output_dir}/*.tfrecord"))}
+            for p in sorted(glob.glob(f"{output_dir}/*.tfrecord"))
+            + [f"{output_dir}/{schema.DATASET_INFO_FILE}"]}
 
 
 def test_every_row_is_accounted_for(built, data_set):
@@ -196,7 +199,7 @@ def _subset_manifest(tmp_path, lines: list[str]):
 
 def test_existing_build_needs_overwrite(built, data_set):
     root, output_dir, _ = built
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(UserError, match="--overwrite"):
         build_dataset(_config(root, output_dir))
 
 

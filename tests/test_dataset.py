@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_med.dataset import shuffled_epochs
+from simclr_med.errors import UserError
 
 SIZE = 10
 
@@ -49,9 +50,9 @@ def test_resuming_reads_about_one_epoch_not_every_skipped_element():
 
 
 def test_an_empty_epoch_is_an_error_not_an_endless_wait():
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         _stream(size=0)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         _stream(start=5, size=0)
 
 

@@ -52,11 +52,11 @@ def test_multiclass_alignment_reorders_renamed_classes_and_refuses_unknown_ones(
         -1, HAM10000_CLASSES.index("nv")]
     assert probs.shape == (4, 7) and np.allclose(probs.sum(axis=1), 1)
 
-    with pytest.raises(ValueError, match=r"\['SCC'\] are not among the model's classes"):
+    with pytest.raises(UserError, match=r"\['SCC'\] are not among the model's classes"):
         evaluate.align("multiclass", HAM10000_CLASSES, _info("multiclass", ["nv", "SCC"]))
-    with pytest.raises(ValueError, match="the model is multilabel .* the data set is multiclass"):
+    with pytest.raises(UserError, match="the model is multilabel .* the data set is multiclass"):
         evaluate.align("multilabel", NIH_FINDINGS, _info("multiclass", HAM10000_CLASSES))
-    with pytest.raises(ValueError, match="share none"):
+    with pytest.raises(UserError, match="share none"):
         evaluate.align("multilabel", NIH_FINDINGS, _info("multilabel", ["Fracture"]))
 
 

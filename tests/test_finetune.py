@@ -22,6 +22,7 @@ from data_prep.config import BuildConfig
 from simclr_med import augment, checkpointing, evaluate
 from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
 from simclr_med.dataset import open_build, read_cases
+from simclr_med.errors import UserError
 from simclr_med.finetune import FinetuneConfig, finetune
 from simclr_med.finetune_input import count_training_images, evaluation_dataset
 from simclr_med.model import SimCLRModel
@@ -174,7 +175,7 @@ def test_nih_model_evaluates_on_a_chexpert_build_through_the_shared_labels(
     assert "renamed (data -> model): {'Pleural Effusion': 'Effusion'}" in (
         evaluate.format_metrics_table(result))
 
-    with pytest.raises(ValueError, match="the model is multilabel .* the data set is multiclass"):
+    with pytest.raises(UserError, match="the model is multilabel .* the data set is multiclass"):
         evaluate.evaluate(str(model_dir), open_build(str(ham_build)), "test")
 
 

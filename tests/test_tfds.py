@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from simclr_med import augment, evaluate
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
 from simclr_med.dataset import open_tfds
+from simclr_med.errors import UserError
 from simclr_med.finetune import FinetuneConfig, finetune
 from simclr_med.pretrain import pretrain
 from simclr_med.pretrain_input import PairSpec, pair_dataset
@@ -44,7 +45,7 @@ def test_simclr_pretraining_on_a_tfds_data_set(cifar10, tmp_path):
 
 def test_micle_on_a_tfds_data_set_is_a_clear_error(cifar10):
     spec = PairSpec(use_micle=True, augment=augment.preset("simclr"), image_size=32)
-    with pytest.raises(ValueError, match="MICLe needs case bags"):
+    with pytest.raises(UserError, match="MICLe needs case bags"):
         pair_dataset(cifar10, "train", spec, 8)
 
 
