@@ -205,7 +205,10 @@ def _randomize(model: SimCLRModel, seed: int, pixels: tf.Tensor) -> None:
             variable.assign(draws[kind](tuple(variable.shape)))
     if model.supervised_head is not None:
         features = model(pixels, training=False)["final_avg_pool"].numpy()
-        mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+        # Features that barely vary are scaled as a typical one: a weight of 1 / (their tiny
+        # spread) would turn float32 rounding (graph against eager) into visible differences.
+        spread = features.std(axis=0)
+        mean, std = features.mean(axis=0), np.maximum(spread, spread.mean())
         dense = model.supervised_head.dense
         kernel = rng.normal(0.0, 2.0 / np.sqrt(len(mean)), tuple(dense.kernel.shape)) / std[:, None]
         dense.kernel.assign(kernel)
@@ -270,9 +273,12 @@ def _png_bomb(side: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[pathlib.Path]:
+    return _write_images(tmp_path_factory.mktemp("images"))
+
+
+def _write_images(folder: pathlib.Path) -> list[pathlib.Path]:
     """Synthetic case views served as clients send them: RGB and RGBA PNGs, colour and grayscale
     JPEGs, 8- and 16-bit grayscale PNGs, of different sizes and aspect ratios."""
-    folder = tmp_path_factory.mktemp("images")
     synthetic.write_image_folder(str(folder / "synthetic"), num_cases=6, image_size=96)
     views = [np.asarray(Image.open(path))
              for path in sorted((folder / "synthetic" / "images").glob("*_0.png"))]
