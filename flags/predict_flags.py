@@ -7,7 +7,7 @@ from absl import flags
 from flags import export_flags
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(export_flags)
+flags.declare_key_flag("export_dir")  # export_flags' other flag is the exporter's
 
 flags.DEFINE_integer("top_k", 3, "Labels to print per image, most probable first.", lower_bound=1)
 

@@ -28,11 +28,12 @@ from simclr_med.dataset import Source
 from simclr_med.errors import UserError
 from simclr_med.integrity import names_damaged_shards
 from simclr_med.finetune_input import LABEL_FIELDS, evaluation_dataset
-from simclr_med.model import SimCLRModel
+from simclr_med.model import SimCLRModel, output_shapes, unless_empty
 from simclr_med.trainer import write_json
 
 BEST_DIR = "best"  # where fine-tuning keeps its best checkpoint (a complete model folder)
 CHECKPOINT_CHOICES = ("auto", "best", "latest")
+STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"  # checkpointing.make_checkpoint's step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +61,21 @@ class ImageOutputs:
 
 
 class Predictor:
-    """Runs a model in inference mode over evaluation batches (one trace, reused)."""
+    """Runs a model in inference mode over evaluation batches (one trace, reused). An empty batch
+    gives empty outputs without running the model (`model.unless_empty`)."""
 
     def __init__(self, model: SimCLRModel, endpoints: Sequence[str] = ("logits_sup",)):
         size = model.config.image_size
         self.endpoints = tuple(endpoints)
+        shapes = output_shapes(model)
+
+        def forward(images):
+            outputs = model(images, training=False)
+            return {k: tf.cast(outputs[k], tf.float32) for k in self.endpoints}
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         def run(images):
-            outputs = model(images, training=False)
-            return {k: tf.cast(outputs[k], tf.float32) for k in self.endpoints}
+            return unless_empty(images, forward, {k: shapes[k] for k in self.endpoints})
 
         self._run = run
 
@@ -134,6 +140,21 @@ def align(model_task: str, model_names: Sequence[str], data: schema.DatasetInfo)
                      renamed, {"model": unmatched_model, "data": unmatched_data})
 
 
+def class_names(record: checkpointing.ModelRecord, data: schema.DatasetInfo) -> tuple[str, ...]:
+    """The model's class names. A head without names (a converted official checkpoint's, e.g.
+    ImageNet's) takes the data set's by position, if the task and the number of classes agree."""
+    if record.class_names:
+        return record.class_names
+    if (record.task, record.num_classes) != (data.task, len(data.names)):
+        raise UserError(
+            f"the model's {record.num_classes} {record.task} classes have no names (weights from "
+            f"{record.source or 'an unnamed source'}), so they can only be evaluated as the data "
+            f"set's classes in order, but the data set has {len(data.names)} {data.task} classes")
+    logging.warning("the model's classes have no names: evaluating output i as the data set's "
+                    "class i (%s)", ", ".join(data.names))
+    return tuple(data.names)
+
+
 def aligned(predicted: ImageOutputs, alignment: Alignment,
             logits_key: str = "logits_sup") -> tuple[metrics.Targets, np.ndarray]:
     """(targets, probabilities [N, names]) of the evaluated classes or labels."""
@@ -180,22 +201,28 @@ def load_model(model_dir: str, which: str = "auto") -> tuple[SimCLRModel,
 
 
 def restore(model: SimCLRModel, prefix: str) -> int:
-    """Restores every variable of `model` (optimizer state is ignored); returns the step.
+    """Restores every variable of `model` (optimizer state is ignored); returns the step, 0 for a
+    checkpoint without one (a convert_checkpoint output).
 
     A damaged checkpoint is an error naming its file: evaluation and export never fall back to
-    an older checkpoint on their own (resuming training sets a damaged one aside).
+    an older checkpoint on their own (resuming training sets a damaged one aside). A checkpoint
+    that does not fit the model is a UserError too.
     """
-    step = tf.Variable(0, dtype=tf.int64)
     try:
-        status = checkpointing.make_checkpoint(model, global_step=step).restore(prefix)
+        status = checkpointing.make_checkpoint(model).restore(prefix)
     except checkpointing.READ_ERRORS as error:
         raise UserError(f"{checkpointing.damage_report(prefix, error)}. Choose another checkpoint "
                         "with --eval_checkpoint (best, latest or a ckpt-N prefix), or resume "
                         "the training run, which sets it aside and continues from the one "
                         "before") from error
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-    return int(step.numpy())
+    try:
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+        reader = tf.train.load_checkpoint(prefix)
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise UserError(f"checkpoint {prefix} cannot be restored into the model that "
+                        f"{checkpointing.MODEL_CONFIG_FILE} describes: {error}") from error
+    return int(reader.get_tensor(STEP_KEY)) if reader.has_tensor(STEP_KEY) else 0
 
 
 @names_damaged_shards
@@ -208,7 +235,7 @@ def evaluate(model_dir: str, source: Source, split: str,
         raise UserError(f"split {split!r} of {source.data_dir or source.tfds_name} holds no "
                         "images")
     model, record, prefix, step = load_model(model_dir, config.checkpoint)
-    alignment = align(record.task, record.class_names, source.info)
+    alignment = align(record.task, class_names(record, source.info), source.info)
     dataset = evaluation_dataset(source, split, record.model.image_size,
                                  record.model.eval_crop_proportion, config.batch_size)
     predicted = Predictor(model)(dataset)

@@ -9,7 +9,9 @@
   evaluation sees. Signature
   `serving_preprocessed` takes float images [batch, image_size, image_size, 3] in [0, 1] instead.
   Class names and task are assets (`assets/labels.txt`, one name a line; `assets/task.txt`) and the
-  string variables `class_names` and `task`.
+  string variables `class_names` and `task`. Images of more than `max_image_pixels` pixels (a
+  variable of the export, read from each PNG's IHDR or JPEG's frame header before anything is
+  decoded) are refused, so a small file that claims a huge image cannot exhaust the server.
 - `features/`: the reference SimCLR SavedModel's interface. `m(images, trainable=False)` on float
   images [batch, H, W, 3] in [0, 1] returns the dict of endpoints (`initial_conv`,
   `initial_max_pool`, `block_group1`..`block_group4`, `final_avg_pool`, `proj_head_input`,
@@ -20,7 +22,11 @@
   `serving_default` signature is the `trainable=False` call.
 
 Both are plain TensorFlow objects holding the Keras variables (as `keras.export.ExportArchive`
-does), not Keras models: `tf.saved_model.load` needs neither Keras nor this package.
+does), not Keras models: `tf.saved_model.load` needs neither Keras nor this package. Neither runs
+the network on an empty batch (`model.unless_empty`): it returns empty outputs of the right shapes.
+
+An export is written beside the earlier one (`<export_dir>/.incomplete/`) and moved into place only
+once complete, so a failed export leaves the earlier one as it was.
 """
 
 from __future__ import annotations
@@ -33,17 +39,22 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_med import checkpointing, evaluate, preprocess, schema
-from simclr_med.model import SimCLRModel
-from simclr_med.predict import (CLASS_NAMES, EMBEDDING, IMAGES, PROBABILITIES, SERVING_DIR,
-                                SERVING_SIGNATURE, TASK)
+from simclr_med.errors import UserError
+from simclr_med.model import OutputShape, SimCLRModel, output_shapes, unless_empty
+from simclr_med.predict import (CLASS_NAMES, EMBEDDING, IMAGES, MAX_IMAGE_PIXELS, PROBABILITIES,
+                                SERVING_DIR, SERVING_SIGNATURE, TASK)
 
 FEATURES_DIR = "features"
+STAGING_DIR = ".incomplete"  # inside export_dir, where an export is written before it is moved
 PREPROCESSED_SIGNATURE = "serving_preprocessed"
 LABELS_ASSET = "labels.txt"
 TASK_ASSET = "task.txt"
 # Leading bytes of the two formats serving accepts (tf.io.is_jpeg checks the same three).
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+# PNG: the IHDR chunk comes first; its type at bytes 12-15, width and height (big-endian) at 16-23.
+PNG_IHDR = b"IHDR"
+PNG_HEADER_BYTES = 24
 
 _AutoTrackable = tf.__internal__.tracking.AutoTrackable
 
@@ -84,6 +95,7 @@ class FeatureExtractor(_AutoTrackable):
         if model.supervised_head is not None:
             raise ValueError("the feature extractor is built from a model without supervised head")
         self._forward = model.__call__  # a bound method: not tracked, only its variables are
+        self._shapes = tuple(output_shapes(model).items())  # a tuple: not a tracked dict
         self.variables = list(model.variables)
         self.trainable_variables = list(model.trainable_variables)
         # The input size the model was trained at (any size runs).
@@ -91,18 +103,19 @@ class FeatureExtractor(_AutoTrackable):
 
     @tf.function
     def __call__(self, images: tf.Tensor, trainable: bool = False) -> dict[str, tf.Tensor]:
-        outputs = self._forward(images, training=trainable)
-        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+        def forward(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+            return _float32(self._forward(batch, training=trainable))
+
+        return unless_empty(images, forward, dict(self._shapes))
 
 
 class Classifier(_AutoTrackable):
     """Encoded images (or preprocessed float images) -> probabilities and embedding."""
 
-    def __init__(self, model: SimCLRModel, record: checkpointing.ModelRecord, assets_dir: str):
+    def __init__(self, model: SimCLRModel, record: checkpointing.ModelRecord, assets_dir: str,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS):
         super().__init__()
-        if record.task not in (schema.MULTICLASS, schema.MULTILABEL):
-            raise ValueError(f"cannot serve task {record.task!r}: expected "
-                             f"{schema.MULTICLASS} or {schema.MULTILABEL}")
+        check_servable(record, max_image_pixels)
         config = record.model
         # A converted official checkpoint's head has classes but no names: number them.
         names = record.class_names or tuple(str(i) for i in range(record.num_classes))
@@ -110,7 +123,10 @@ class Classifier(_AutoTrackable):
         self._task = record.task
         self._image_size = config.image_size
         self._crop_proportion = config.eval_crop_proportion
+        self._shapes = ((PROBABILITIES, OutputShape(record.num_classes)),
+                        (EMBEDDING, output_shapes(model)["final_avg_pool"]))
         self.variables = list(model.variables)
+        self.max_image_pixels = tf.Variable(max_image_pixels, dtype=tf.int64, trainable=False)
         setattr(self, CLASS_NAMES, tf.Variable(list(names), trainable=False))
         setattr(self, TASK, tf.Variable(record.task, trainable=False))
         self.labels_file = tf.saved_model.Asset(
@@ -127,17 +143,33 @@ class Classifier(_AutoTrackable):
         size = self._image_size
         pixels = tf.map_fn(
             lambda encoded: preprocess.preprocess_for_eval(encoded, size, self._crop_proportion),
-            require_png_or_jpeg(images),
+            require_pixels_at_most(require_png_or_jpeg(images), self.max_image_pixels),
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return self._predict(pixels)
 
     def _predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return unless_empty(images, self._probabilities, dict(self._shapes))
+
+    def _probabilities(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self._forward(images, training=False)
         logits = tf.cast(outputs["logits_sup"], tf.float32)
         probabilities = (tf.nn.softmax(logits) if self._task == schema.MULTICLASS
                          else tf.sigmoid(logits))
         return {PROBABILITIES: probabilities,
                 EMBEDDING: tf.cast(outputs["final_avg_pool"], tf.float32)}
+
+
+def check_servable(record: checkpointing.ModelRecord, max_image_pixels: int) -> None:
+    if record.task not in (schema.MULTICLASS, schema.MULTILABEL):
+        raise UserError(f"cannot serve task {record.task!r}: expected {schema.MULTICLASS} or "
+                        f"{schema.MULTILABEL}")
+    if max_image_pixels < 1:
+        raise UserError(f"the pixel limit of served images must be positive, got "
+                        f"{max_image_pixels}")
+
+
+def _float32(outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
 
 def require_png_or_jpeg(images: tf.Tensor) -> tf.Tensor:
@@ -150,6 +182,41 @@ def require_png_or_jpeg(images: tf.Tensor) -> tf.Tensor:
         tf.reduce_all(known),
         ["images must be PNG or JPEG bytes; these batch positions are not:",
          tf.reshape(tf.where(tf.logical_not(known)), [-1])], summarize=32)
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def image_sizes(images: tf.Tensor) -> tf.Tensor:
+    """[batch, 2] int64 (height, width) of PNG or JPEG bytes, read from their headers without
+    decoding: a PNG's IHDR chunk, a JPEG's frame (SOFn) header (`tf.io.extract_jpeg_shape`).
+    Bytes without an IHDR chunk where a PNG has it give 0 x 0 (their decoding fails later)."""
+    def png_size(encoded: tf.Tensor) -> tf.Tensor:
+        header = tf.io.decode_raw(tf.strings.substr(encoded, 0, PNG_HEADER_BYTES), tf.uint8,
+                                  fixed_length=PNG_HEADER_BYTES)
+        is_ihdr = tf.reduce_all(tf.equal(header[12:16], tf.constant(list(PNG_IHDR), tf.uint8)))
+        big_endian = tf.constant([2 ** 24, 2 ** 16, 2 ** 8, 1], tf.int64)
+        width_height = tf.reduce_sum(tf.reshape(tf.cast(header[16:24], tf.int64), [2, 4])
+                                     * big_endian, axis=1)
+        return tf.where(is_ihdr, tf.reverse(width_height, [0]), tf.zeros([2], tf.int64))
+
+    def size(encoded: tf.Tensor) -> tf.Tensor:
+        return tf.cond(tf.io.is_jpeg(encoded),
+                       lambda: tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64),
+                       lambda: png_size(encoded))
+
+    return tf.map_fn(size, images, fn_output_signature=tf.TensorSpec([2], tf.int64))
+
+
+def require_pixels_at_most(images: tf.Tensor, max_pixels: tf.Tensor) -> tf.Tensor:
+    """`images`, after checking from their headers that none has more than `max_pixels` pixels;
+    raises InvalidArgumentError naming the batch positions (and sizes) of those that have."""
+    sizes = image_sizes(images)
+    too_large = tf.reduce_prod(sizes, axis=1) > max_pixels
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(too_large)),
+        ["images may have at most", max_pixels, "pixels (the export's max_image_pixels); these "
+         "batch positions have more:", tf.reshape(tf.where(too_large), [-1]),
+         "their height and width:", tf.boolean_mask(sizes, too_large)], summarize=32)
     with tf.control_dependencies([check]):
         return tf.identity(images)
 
@@ -169,31 +236,53 @@ def save_features(model: SimCLRModel, path: str) -> None:
     tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: inference})
 
 
-def save_serving(model: SimCLRModel, record: checkpointing.ModelRecord, path: str) -> None:
+def save_serving(model: SimCLRModel, record: checkpointing.ModelRecord, path: str,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
     with tempfile.TemporaryDirectory() as assets_dir:
-        module = Classifier(model, record, assets_dir)
+        module = Classifier(model, record, assets_dir, max_image_pixels)
         # Functions with input signatures, traced once by the save itself.
         tf.saved_model.save(module, path, signatures={
             SERVING_SIGNATURE: module.serve_encoded,
             PREPROCESSED_SIGNATURE: module.serve_preprocessed})
 
 
-def export(model_dir: str, export_dir: str, checkpoint: str = "auto") -> ExportResult:
-    """Writes `export_dir/features/` and, for models with a task head, `export_dir/serving/`,
-    replacing earlier exports there. `checkpoint`: auto (fine-tuning's best if kept, else the
-    latest), best, latest, or a checkpoint prefix or folder."""
+def export(model_dir: str, export_dir: str, checkpoint: str = "auto",
+           max_image_pixels: int = MAX_IMAGE_PIXELS) -> ExportResult:
+    """Writes `export_dir/features/` and, for models with a task head, `export_dir/serving/`
+    (refusing images of more than `max_image_pixels`), replacing earlier exports there once the new
+    one is complete. `checkpoint`: auto (fine-tuning's best if kept, else the latest), best,
+    latest, or a checkpoint prefix or folder."""
     record = checkpointing.ModelRecord.load(model_dir)
-    paths = {FEATURES_DIR: os.path.join(export_dir, FEATURES_DIR)}
-    if has_task_head(record):
-        paths[SERVING_DIR] = os.path.join(export_dir, SERVING_DIR)
-    for name in (FEATURES_DIR, SERVING_DIR):  # a stale serving/ must not outlive its features/
-        old = os.path.join(export_dir, name)
-        if tf.io.gfile.exists(old):
-            logging.info("replacing the earlier export %s", old)
-            tf.io.gfile.rmtree(old)
-    features, prefix, step = restore_model(model_dir, 0, checkpoint)
-    save_features(features, paths[FEATURES_DIR])
-    if SERVING_DIR in paths:
-        classifier, _, _ = restore_model(model_dir, record.num_classes, prefix)
-        save_serving(classifier, record, paths[SERVING_DIR])
-    return ExportResult(prefix, step, paths)
+    names = (FEATURES_DIR, SERVING_DIR) if has_task_head(record) else (FEATURES_DIR,)
+    if SERVING_DIR in names:
+        check_servable(record, max_image_pixels)
+    staging = os.path.join(export_dir, STAGING_DIR)
+    _remove(staging)  # left by an export that did not finish
+    try:
+        features, prefix, step = restore_model(model_dir, 0, checkpoint)
+        save_features(features, os.path.join(staging, FEATURES_DIR))
+        if SERVING_DIR in names:
+            classifier, _, _ = restore_model(model_dir, record.num_classes, prefix)
+            save_serving(classifier, record, os.path.join(staging, SERVING_DIR), max_image_pixels)
+        _move_into_place(staging, export_dir)
+    finally:
+        _remove(staging)
+    return ExportResult(prefix, step, {name: os.path.join(export_dir, name) for name in names})
+
+
+def _move_into_place(staging: str, export_dir: str) -> None:
+    """Replaces `export_dir`'s earlier export by the complete one in `staging`: every earlier
+    SavedModel goes (a stale serving/ must not outlive its features/), then the new ones come."""
+    for name in (FEATURES_DIR, SERVING_DIR):
+        earlier = os.path.join(export_dir, name)
+        if tf.io.gfile.exists(earlier):
+            logging.info("replacing the earlier export %s", earlier)
+            tf.io.gfile.rename(earlier, os.path.join(staging, f"earlier_{name}"))
+    for name in (FEATURES_DIR, SERVING_DIR):
+        if tf.io.gfile.exists(os.path.join(staging, name)):
+            tf.io.gfile.rename(os.path.join(staging, name), os.path.join(export_dir, name))
+
+
+def _remove(path: str) -> None:
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)

@@ -7,6 +7,9 @@ is the task head, trained through the backbone.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable, Mapping
+
 import keras
 import tensorflow as tf
 
@@ -56,6 +59,46 @@ class SimCLRModel(keras.Model):
         """Creates every variable (their shapes do not depend on the image size)."""
         size = self.config.image_size
         self.build((None, size, size, 3))
+
+
+# Side of the symbolic probe image `output_shapes` measures strides with: a multiple of the largest
+# stride of any of the networks (32, with the ImageNet stem).
+PROBE_SIZE = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputShape:
+    """An output's shape for a batch of [H, W, 3] images: [batch, channels], or
+    [batch, ceil(H / stride), ceil(W / stride), channels] for a feature map (every downsampling of
+    the ResNet, padded explicitly or SAME, rounds up)."""
+
+    channels: int
+    stride: int = 0  # 0: not a feature map
+
+    def empty(self, images: tf.Tensor) -> tf.Tensor:
+        """A float32 output with zero rows for `images` (a batch of zero images)."""
+        if not self.stride:
+            return tf.zeros([0, self.channels])
+        spatial = -(-tf.shape(images)[1:3] // self.stride)
+        return tf.zeros(tf.concat([[0], spatial, [self.channels]], axis=0))
+
+
+def output_shapes(model: SimCLRModel) -> dict[str, OutputShape]:
+    """The shape of each of `model`'s outputs, from a symbolic call (no kernel runs)."""
+    specs = model.compute_output_spec(keras.KerasTensor((1, PROBE_SIZE, PROBE_SIZE, 3)))
+    return {name: OutputShape(spec.shape[-1], PROBE_SIZE // spec.shape[1] if len(spec.shape) == 4
+                              else 0)
+            for name, spec in specs.items()}
+
+
+def unless_empty(images: tf.Tensor, forward: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+                 shapes: Mapping[str, OutputShape]) -> dict[str, tf.Tensor]:
+    """`forward(images)`, except for a batch of zero images: then float32 outputs of `shapes` with
+    zero rows, without running the network. Kernels may fail on an empty batch: on some CPUs
+    oneDNN's rewrite of inference batch norm raises `Incompatible shapes: [16] vs. [0,32,32,3]`,
+    and batch statistics of no images are NaN."""
+    return tf.cond(tf.shape(images)[0] > 0, lambda: forward(images),
+                   lambda: {name: shape.empty(images) for name, shape in shapes.items()})
 
 
 def batch_norm_variables(model: keras.layers.Layer) -> list:

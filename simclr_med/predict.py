@@ -30,6 +30,10 @@ PROBABILITIES = "probabilities"
 EMBEDDING = "embedding"
 CLASS_NAMES = "class_names"  # SavedModel attributes: a string vector and a string scalar
 TASK = "task"
+# Default of the largest image (height x width) serving decodes, the SavedModel variable
+# `max_image_pixels`: twice a large digital mammogram (4096 x 5625 = 23 Mpx). Decoding takes about
+# 8 (grayscale) to 16 (RGB) bytes of memory per pixel.
+MAX_IMAGE_PIXELS = 50_000_000
 MULTILABEL = "multilabel"
 
 

@@ -2,19 +2,26 @@
 
 Every SavedModel is checked in a fresh Python process that imports only TensorFlow (importing
 simclr_med there fails on purpose) against the Keras model's evaluation path in this process, on a
-batch of real NIH PNGs (RGB and RGBA, 64 px), HAM JPEGs (220 px) and grayscale 8- and 16-bit PNGs.
+batch of synthetic case images (simclr_med.synthetic) encoded as RGB and RGBA PNGs, 8- and 16-bit
+grayscale PNGs and colour and grayscale JPEGs of different sizes. Empty batches are served in fresh
+processes with oneDNN on and off. Only the real fine-tuning run at the end needs the real data.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import os
 import pathlib
 import re
+import shutil
+import struct
 import subprocess
 import sys
+import zlib
 
 import keras
 import numpy as np
@@ -22,9 +29,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_med import augment, checkpointing, evaluate, export, paths, preprocess, schema
+from simclr_med import augment, checkpointing, evaluate, export, preprocess, schema, synthetic
 from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
 from simclr_med.dataset import open_build, read_images
+from simclr_med.errors import UserError
 from simclr_med.finetune import FinetuneConfig, finetune
 from simclr_med.model import SimCLRModel
 
@@ -33,10 +41,12 @@ HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema",
               "Fibrosis", "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening",
               "Pneumonia", "Pneumothorax")
-NIH_IMAGES = ("00000231_013.png", "00000004_000.png", "00000058_000.png")  # RGB, RGBA, RGBA
-HAM_IMAGES = ("ISIC_0024311.jpg", "ISIC_0024318.jpg")
 BEST_STEP, LATEST_STEP = 10, 20
 TOLERANCE = 1e-4
+# The multi-class export's pixel limit (run.py --max_image_pixels): above every test image
+# (at most 220 x 220), below the over-sized ones; the multi-label export keeps the default.
+SMALL_PIXEL_LIMIT = 100_000
+BOMB_SIDE = 40_000  # a PNG claiming 40000 x 40000 pixels: 1.6 Gpx, 6.4 GB as float32
 
 # The models under test: a fine-tuned multi-class model (with a best/ checkpoint beside the
 # latest one), a fine-tuned multi-label model with the ImageNet stem and another crop, and a
@@ -53,7 +63,7 @@ MODELS = {
 
 # Runs in a fresh interpreter: argv[1] is a JSON job, results go to job["out"] (.json and .npz).
 FRESH_PROCESS_CHECKS = r'''
-import json, sys
+import json, sys, time
 sys.modules["simclr_med"] = None  # importing this package must fail: the SavedModels stand alone
 import numpy as np
 import tensorflow as tf
@@ -80,7 +90,9 @@ for name, folder in job["serving"].items():
     pixels = tf.constant(np.load(job["pixels"][name]))
     for key, value in model.signatures["serving_preprocessed"](images=pixels).items():
         arrays[f"{name}/preprocessed/{key}"] = value.numpy()
-    empty = serve(images=tf.constant([], tf.string))
+    oversized = tf.constant([open(path, "rb").read() for path in job["oversized"][name]])
+    started = time.perf_counter()
+    too_large = error_of(lambda: serve(images=oversized))
     report[name] = {
         "inputs": {k: [str(v.dtype.name), v.shape.as_list()]
                    for k, v in serve.structured_input_signature[1].items()},
@@ -88,7 +100,8 @@ for name, folder in job["serving"].items():
         "task": model.task.numpy().decode(),
         "labels_asset": open(model.labels_file.asset_path.numpy().decode()).read(),
         "task_asset": open(model.task_file.asset_path.numpy().decode()).read(),
-        "empty": {k: v.shape.as_list() for k, v in empty.items()},
+        "max_image_pixels": int(model.max_image_pixels.numpy()),
+        "too_large": too_large, "too_large_seconds": time.perf_counter() - started,
         "not_an_image": error_of(lambda: serve(images=tf.constant([png, b"GIF89a..", png, b""]))),
         "truncated_png": error_of(lambda: serve(images=tf.constant([png[:60]]))),
     }
@@ -125,6 +138,49 @@ np.savez(job["out"] + ".npz", **arrays)
 json.dump(report, open(job["out"] + ".json", "w"))
 '''
 
+# Runs in a fresh interpreter under a given TF_ENABLE_ONEDNN_OPTS: everything that may see a batch
+# of zero images, given one (and, for comparison, one image); prints a JSON report.
+EMPTY_BATCH_CHECKS = r'''
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+job = json.loads(sys.argv[1])
+shapes = lambda outputs: {k: v.shape.as_list() for k, v in outputs.items()}
+report = {}
+serving = tf.saved_model.load(job["serving"])
+report["serving_default"] = shapes(serving.signatures["serving_default"](
+    images=tf.constant([], tf.string)))
+report["serving_preprocessed"] = shapes(serving.signatures["serving_preprocessed"](
+    images=tf.zeros([0] + job["pixels_shape"])))
+features = tf.saved_model.load(job["features"])
+moving_averages = lambda: [v.numpy() for v in features.variables if not v.trainable]
+for trainable in (False, True):
+    for rows in (1, 0):  # an odd size, where each downsampling rounds up
+        before = moving_averages()
+        report[f"features/{trainable}/{rows}"] = shapes(features(
+            tf.zeros([rows, 37, 45, 3]), trainable=trainable))
+        report[f"features/{trainable}/{rows}/moving_averages_kept"] = all(
+            np.array_equal(a, b) for a, b in zip(before, moving_averages()))
+
+from simclr_med import evaluate  # evaluation's Predictor, on a model folder
+
+model = evaluate.load_model(job["model_dir"])[0]
+images = tf.random.stateless_uniform([3] + job["pixels_shape"], seed=[0, 1])
+batches = [{"image": images[:rows], "image_id": tf.constant(["x"] * rows, tf.string),
+            "patient_id": tf.constant(["p"] * rows, tf.string)} for rows in (0, 3, 0)]
+dataset = tf.data.Dataset.from_tensors(batches[0])
+for batch in batches[1:]:
+    dataset = dataset.concatenate(tf.data.Dataset.from_tensors(batch))
+predicted = evaluate.Predictor(model, ("logits_sup", "final_avg_pool"))(dataset)
+direct = model(images, training=False)
+report["predictor_rows"] = predicted.num_images
+report["predictor_difference"] = max(  # relative to the largest value
+    float(np.max(np.abs(predicted.outputs[k] - direct[k])) / np.max(np.abs(direct[k])))
+    for k in predicted.outputs)
+print(json.dumps(report))
+'''
+
 
 def _eval_pixels(images: list[pathlib.Path], config: ModelConfig) -> tf.Tensor:
     """The evaluation path's input: `preprocess_for_eval`, image by image."""
@@ -149,7 +205,10 @@ def _randomize(model: SimCLRModel, seed: int, pixels: tf.Tensor) -> None:
             variable.assign(draws[kind](tuple(variable.shape)))
     if model.supervised_head is not None:
         features = model(pixels, training=False)["final_avg_pool"].numpy()
-        mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+        # Features that barely vary are scaled as a typical one: a weight of 1 / (their tiny
+        # spread) would turn float32 rounding (graph against eager) into visible differences.
+        spread = features.std(axis=0)
+        mean, std = features.mean(axis=0), np.maximum(spread, spread.mean())
         dense = model.supervised_head.dense
         kernel = rng.normal(0.0, 2.0 / np.sqrt(len(mean)), tuple(dense.kernel.shape)) / std[:, None]
         dense.kernel.assign(kernel)
@@ -183,31 +242,79 @@ def _make_model_dir(directory: pathlib.Path, images: list[pathlib.Path], config:
         _save_checkpoint(model, directory / evaluate.BEST_DIR, BEST_STEP)
 
 
-def _encode_png(array: np.ndarray) -> bytes:
+def _encode(array: np.ndarray, format: str, **options) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format=format, **options)
     return buffer.getvalue()
 
 
+def _colour(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 RGB image [height, width, 3] from a grayscale view, channels unequal."""
+    view = np.asarray(Image.fromarray(gray).resize(size[::-1], Image.BICUBIC), np.float32)
+    return np.stack([view, 0.6 * view + 60, 255 - 0.8 * view], axis=-1).round().astype(np.uint8)
+
+
+def _png_bomb(side: int) -> bytes:
+    """A valid 1-bit grayscale PNG of side x side black pixels: a few hundred KB of compressed
+    zeros that decode to side^2 pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    rows_per_piece = 1000
+    compressor = zlib.compressobj(9)
+    piece = (b"\0" * (1 + (side + 7) // 8)) * rows_per_piece  # filter byte + packed bits
+    data = b"".join(compressor.compress(piece) for _ in range(side // rows_per_piece))
+    data += compressor.compress(piece[:(side % rows_per_piece) * len(piece) // rows_per_piece])
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    return (export.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data + compressor.flush())
+            + chunk(b"IEND", b""))
+
+
 @pytest.fixture(scope="module")
-def images(real_data, tmp_path_factory) -> list[pathlib.Path]:
-    """Real PNGs and JPEGs of different sizes, then non-square grayscale 8- and 16-bit PNGs."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    gray8 = folder / "gray8.png"
-    gray8.write_bytes(_encode_png(rng.integers(0, 256, (50, 70), dtype=np.uint8)))
-    gray16 = folder / "gray16.png"
-    gray16.write_bytes(_encode_png(rng.integers(0, 65536, (90, 60), dtype=np.uint16)))
-    return ([real_data / paths.NIH_FOLDER / "images" / name for name in NIH_IMAGES]
-            + [real_data / paths.HAM_FOLDER / "images" / name for name in HAM_IMAGES]
-            + [gray8, gray16])
+def images(tmp_path_factory) -> list[pathlib.Path]:
+    return _write_images(tmp_path_factory.mktemp("images"))
+
+
+def _write_images(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Synthetic case views served as clients send them: RGB and RGBA PNGs, colour and grayscale
+    JPEGs, 8- and 16-bit grayscale PNGs, of different sizes and aspect ratios."""
+    synthetic.write_image_folder(str(folder / "synthetic"), num_cases=6, image_size=96)
+    views = [np.asarray(Image.open(path))
+             for path in sorted((folder / "synthetic" / "images").glob("*_0.png"))]
+    rgba = np.concatenate([_colour(views[1], (64, 80)),
+                           np.linspace(40, 255, 64 * 80).reshape(64, 80, 1).astype(np.uint8)], -1)
+    gray16 = np.asarray(Image.fromarray(views[5]).resize((60, 90)), np.uint16) * 257
+    files = {"rgb.png": _encode(_colour(views[0], (64, 64)), "PNG"),
+             "rgba.png": _encode(rgba, "PNG"),
+             "photo.jpg": _encode(_colour(views[2], (220, 220)), "JPEG", quality=90),
+             "gray.jpg": _encode(np.asarray(Image.fromarray(views[3]).resize((180, 120))), "JPEG"),
+             "gray8.png": _encode(np.asarray(Image.fromarray(views[4]).resize((70, 50))), "PNG"),
+             "gray16.png": _encode(gray16 + np.arange(60, dtype=np.uint16), "PNG")}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return [folder / name for name in files]
+
+
+@pytest.fixture(scope="module")
+def oversized(images, tmp_path_factory) -> dict[str, list[pathlib.Path]]:
+    """Batches the serving exports must refuse from the headers: over the multi-class export's
+    small limit, a JPEG and a PNG at positions 1 and 3; over the default limit, a PNG bomb."""
+    folder = tmp_path_factory.mktemp("oversized")
+    gray = np.asarray(Image.open(images[4]))
+    (folder / "large.jpg").write_bytes(_encode(_colour(gray, (300, 400)), "JPEG"))
+    (folder / "large.png").write_bytes(_encode(_colour(gray, (320, 320)), "PNG"))
+    (folder / "bomb.png").write_bytes(_png_bomb(BOMB_SIDE))
+    return {"multiclass": [images[0], folder / "large.jpg", images[1], folder / "large.png"],
+            "multilabel": [images[0], folder / "bomb.png"]}
 
 
 @pytest.fixture(scope="module")
 def exported(images, tmp_path_factory) -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
-    """(model_dir, export_dir) per model. The multi-class model goes through `export.export`,
-    the pretraining run through run.py; of the multi-label model only the serving SavedModel is
-    written (the features SavedModel does not depend on the head)."""
+    """(model_dir, export_dir) per model. The multi-class model goes through run.py (with a small
+    --max_image_pixels), the pretraining run through `export.export`, into a folder holding a
+    stale serving/; of the multi-label model only the serving SavedModel is written (the features
+    SavedModel does not depend on the head)."""
     root = tmp_path_factory.mktemp("export")
     folders = {}
     for name, spec in MODELS.items():
@@ -215,18 +322,22 @@ def exported(images, tmp_path_factory) -> dict[str, tuple[pathlib.Path, pathlib.
         _make_model_dir(model_dir, images, **spec)
         folders[name] = (model_dir, export_dir)
     model_dir, export_dir = folders["multiclass"]
-    result = export.export(str(model_dir), str(export_dir))
-    assert result.global_step == BEST_STEP, "export must prefer fine-tuning's best checkpoint"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "--mode=export", f"--model_dir={model_dir}",
+         f"--export_dir={export_dir}", f"--max_image_pixels={SMALL_PIXEL_LIMIT}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # export must prefer fine-tuning's best checkpoint
+    assert f"step {BEST_STEP}" in completed.stdout and "serving" in completed.stdout
     model_dir, export_dir = folders["multilabel"]
     model, _, _ = export.restore_model(str(model_dir), len(NIH_LABELS))
     export.save_serving(model, checkpointing.ModelRecord.load(str(model_dir)),
                         str(export_dir / "serving"))
     model_dir, export_dir = folders["pretrain"]
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "--mode=export", f"--model_dir={model_dir}",
-         f"--export_dir={export_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert f"step {LATEST_STEP}" in completed.stdout and "features" in completed.stdout
+    (export_dir / "serving").mkdir(parents=True)  # an earlier export's, stale now
+    (export_dir / "serving" / "saved_model.pb").write_bytes(b"stale")
+    result = export.export(str(model_dir), str(export_dir))
+    assert result.global_step == LATEST_STEP and list(result.paths) == ["features"]
     return folders
 
 
@@ -242,7 +353,7 @@ def _evaluation_path(model_dir: pathlib.Path, images: list[pathlib.Path]) -> dic
 
 
 @pytest.fixture(scope="module")
-def fresh_process(exported, images, tmp_path_factory) -> dict:
+def fresh_process(exported, images, oversized, tmp_path_factory) -> dict:
     """Runs FRESH_PROCESS_CHECKS on every export; returns its report, arrays and the
     evaluation-path references computed here."""
     work = tmp_path_factory.mktemp("fresh_process")
@@ -259,6 +370,7 @@ def fresh_process(exported, images, tmp_path_factory) -> dict:
         np.save(work / f"{name}_pixels.npy", reference["pixels"])
     job = {"images": [str(path) for path in images], "out": str(work / "result"),
            "pixels": {name: str(work / f"{name}_pixels.npy") for name in references},
+           "oversized": {name: list(map(str, files)) for name, files in oversized.items()},
            "serving": {name: str(exported[name][1] / "serving")
                        for name in ("multiclass", "multilabel")},
            "features": {"pretrain": str(exported["pretrain"][1] / "features")}}
@@ -278,6 +390,7 @@ def test_export_layout(exported):
         assets = exported[name][1] / "serving" / "assets"
         assert (assets / "labels.txt").read_text().splitlines() == list(MODELS[name]["names"])
         assert (assets / "task.txt").read_text().strip() == MODELS[name]["task"]
+    # The pretraining run's export replaced a stale serving/ and left nothing half-written.
     assert [p.name for p in exported["pretrain"][1].iterdir()] == ["features"]
 
 
@@ -286,12 +399,11 @@ def test_fresh_process_does_not_need_this_package(fresh_process):
 
 
 @pytest.mark.parametrize("name", ["multiclass", "multilabel"])
-def test_serving_equals_evaluation_path(fresh_process, name):
+def test_serving_equals_evaluation_path(fresh_process, images, name):
     """A batch mixing PNG (RGB, RGBA, 8- and 16-bit grayscale) and JPEG of different sizes."""
     arrays, reference = fresh_process["arrays"], fresh_process["references"][name]
     probabilities = arrays[f"{name}/probabilities"]
-    assert probabilities.shape == (len(NIH_IMAGES) + len(HAM_IMAGES) + 2,
-                                   len(MODELS[name]["names"]))
+    assert probabilities.shape == (len(images), len(MODELS[name]["names"]))
     # The outputs depend on the image: a preprocessing difference could not hide.
     assert np.ptp(reference["probabilities"], axis=0).max() > 0.2
     np.testing.assert_allclose(probabilities, reference["probabilities"], rtol=0, atol=TOLERANCE)
@@ -314,9 +426,103 @@ def test_serving_signature_and_metadata(fresh_process, name):
     assert report["task_asset"].strip() == MODELS[name]["task"]
 
 
-def test_empty_batch_gives_empty_outputs(fresh_process):
+@pytest.fixture(scope="module", params=["1", "0"], ids=["onednn_on", "onednn_off"])
+def empty_batches(request, exported) -> dict:
+    """EMPTY_BATCH_CHECKS's report, in a fresh process with oneDNN on or off: its graph rewrites
+    failed on empty batches on some CPUs (`Incompatible shapes: [16] vs. [0,32,32,3]`)."""
+    size = MODELS["multiclass"]["config"].image_size
+    job = {"serving": str(exported["multiclass"][1] / "serving"),
+           "features": str(exported["pretrain"][1] / "features"),
+           "model_dir": str(exported["multiclass"][0]), "pixels_shape": [size, size, 3]}
+    completed = subprocess.run(
+        [sys.executable, "-c", EMPTY_BATCH_CHECKS, json.dumps(job)], cwd=REPO, timeout=300,
+        capture_output=True, text=True, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": request.param})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
+def test_empty_batch_gives_empty_outputs(empty_batches):
+    classes = len(MODELS["multiclass"]["names"])
+    for signature in ("serving_default", "serving_preprocessed"):
+        assert empty_batches[signature] == {"probabilities": [0, classes], "embedding": [0, 128]}
+    for trainable in ("False", "True"):
+        one, empty = (empty_batches[f"features/{trainable}/{rows}"] for rows in (1, 0))
+        assert len(one) == 9 and empty == {key: [0] + shape[1:] for key, shape in one.items()}
+    # trainable=True updates the moving averages from a batch, but not from no images (NaN)
+    assert not empty_batches["features/True/1/moving_averages_kept"]
+    assert empty_batches["features/True/0/moving_averages_kept"]
+
+
+def test_evaluation_predictor_skips_empty_batches(empty_batches):
+    assert empty_batches["predictor_rows"] == 3
+    assert empty_batches["predictor_difference"] < TOLERANCE
+
+
+def test_images_over_the_pixel_limit_are_refused_from_their_headers(fresh_process):
+    report = fresh_process["report"]
+    assert report["multiclass"]["max_image_pixels"] == SMALL_PIXEL_LIMIT
+    assert report["multilabel"]["max_image_pixels"] == export.MAX_IMAGE_PIXELS
+    refused = report["multiclass"]["too_large"]
+    assert refused["type"] == "InvalidArgumentError"
+    assert f"images may have at most] [{SMALL_PIXEL_LIMIT}] [pixels" in refused["message"]
+    assert "[1 3]" in refused["message"]  # the JPEG and the PNG over the limit
+    assert "[[300 400][320 320]]" in refused["message"]  # their height and width
+
+
+def test_a_decompression_bomb_is_refused_without_decoding(fresh_process, oversized):
+    """A PNG of a few hundred KB claiming 40000 x 40000 pixels: refused under the default limit
+    in well under a second (decoding would take 6.4 GB)."""
+    assert oversized["multilabel"][1].stat().st_size < 500_000
     report = fresh_process["report"]["multilabel"]
-    assert report["empty"] == {"probabilities": [0, len(NIH_LABELS)], "embedding": [0, 128]}
+    refused = report["too_large"]
+    assert refused["type"] == "InvalidArgumentError"
+    assert f"[1] [their height and width:] [[{BOMB_SIDE} {BOMB_SIDE}]]" in refused["message"]
+    assert report["too_large_seconds"] < 1.0
+
+
+def _snapshot(folder: pathlib.Path) -> dict[str, str]:
+    """Every file below `folder` (hidden ones included) -> SHA-256 of its bytes."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture
+def earlier_export(exported, tmp_path) -> tuple[pathlib.Path, pathlib.Path, dict[str, str]]:
+    """A copy of the multi-class model folder and of its export, and the export's snapshot."""
+    model_dir, export_dir = (tmp_path / "model", tmp_path / "export")
+    for source, copy in zip(exported["multiclass"], (model_dir, export_dir)):
+        shutil.copytree(source, copy)
+    return model_dir, export_dir, _snapshot(export_dir)
+
+
+def test_failed_export_keeps_the_earlier_export(earlier_export):
+    """A checkpoint that does not fit model_config.json (another width) fails the export, which
+    leaves the earlier export as it was."""
+    model_dir, export_dir, before = earlier_export
+    record = checkpointing.ModelRecord.load(str(model_dir))
+    wider = dataclasses.replace(record, model=dataclasses.replace(record.model,
+                                                                  width_multiplier=0.5))
+    for folder in (model_dir, model_dir / evaluate.BEST_DIR):
+        wider.save(str(folder))
+    with pytest.raises(UserError, match="cannot be restored into the model"):
+        export.export(str(model_dir), str(export_dir))
+    assert _snapshot(export_dir) == before
+
+
+def test_export_failing_while_writing_keeps_the_earlier_export(earlier_export, monkeypatch):
+    """A save that fails half-way (here: the disk fills after the first file of features/) leaves
+    the earlier export, and nothing of the new one, in place."""
+    model_dir, export_dir, before = earlier_export
+
+    def disk_full(model, path):
+        os.makedirs(path)
+        pathlib.Path(path, "saved_model.pb").write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(export, "save_features", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export.export(str(model_dir), str(export_dir))
+    assert _snapshot(export_dir) == before
 
 
 def test_invalid_bytes_give_a_clear_error(fresh_process):
