@@ -215,14 +215,20 @@ def restore(model: SimCLRModel, prefix: str) -> int:
                         "with --eval_checkpoint (best, latest or a ckpt-N prefix), or resume "
                         "the training run, which sets it aside and continues from the one "
                         "before") from error
+    except ValueError as error:  # a variable of another shape
+        raise _does_not_fit(prefix, error) from error
     try:
         status.expect_partial()
         status.assert_existing_objects_matched()
         reader = tf.train.load_checkpoint(prefix)
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise UserError(f"checkpoint {prefix} cannot be restored into the model that "
-                        f"{checkpointing.MODEL_CONFIG_FILE} describes: {error}") from error
+        raise _does_not_fit(prefix, error) from error
     return int(reader.get_tensor(STEP_KEY)) if reader.has_tensor(STEP_KEY) else 0
+
+
+def _does_not_fit(prefix: str, error: Exception) -> UserError:
+    return UserError(f"checkpoint {prefix} cannot be restored into the model that "
+                     f"{checkpointing.MODEL_CONFIG_FILE} describes: {error}")
 
 
 @names_damaged_shards
