@@ -13,15 +13,18 @@ if __name__ == "__main__":  # hide TensorFlow's start-up notices, before the imp
 
 from absl import flags, logging
 
+from data_prep import synthetic
 from flags import export_flags, finetune_flags, run_flags
-from simclr_med import dataset, export, strategy, synthetic
 from simclr_med.config import DataConfig
+from simclr_med.data import reader
 from simclr_med.errors import UserError
-from simclr_med.evaluate import evaluate, format_metrics_table
-from simclr_med.finetune import finetune
-from simclr_med.linear_eval import KnnMonitor, linear_eval, load_encoder
-from simclr_med.pretrain import pretrain
-from simclr_med.trainer import record_flags
+from simclr_med.stages import export
+from simclr_med.stages.evaluate import evaluate, format_metrics_table
+from simclr_med.stages.finetune import finetune
+from simclr_med.stages.linear_eval import KnnMonitor, linear_eval, load_encoder
+from simclr_med.stages.pretrain import pretrain
+from simclr_med.training import strategy
+from simclr_med.training.loop import record_flags
 
 FLAGS = flags.FLAGS
 flags.mark_flag_as_required("model_dir")
@@ -35,22 +38,22 @@ SYNTHETIC_BANNER = """
 ======================================================================================"""
 
 
-def open_source(data: DataConfig, mode: str) -> dataset.Source:
+def open_source(data: DataConfig, mode: str) -> reader.Source:
     """The data set named by the flags; for pretraining only, the built-in synthetic one when
     none is named (other modes would silently train or score on the wrong images)."""
     if data.data_dir and data.tfds_dataset:
         raise UserError("give --data_dir or --tfds_dataset, not both")
     if data.tfds_dataset:
-        return dataset.open_tfds(data.tfds_dataset, data.tfds_data_dir)
+        return reader.open_tfds(data.tfds_dataset, data.tfds_data_dir)
     if data.data_dir:
-        return dataset.open_build(data.data_dir, verify=data.verify_data)
+        return reader.open_build(data.data_dir, verify=data.verify_data)
     if mode != "pretrain":
         raise UserError(f"--mode={mode} needs a data set: give --data_dir=<a data_prep build> or "
                         "--tfds_dataset=<name> (only --mode=pretrain falls back to the built-in "
                         "synthetic data)")
     data_dir = synthetic.default_build()
     logging.warning(SYNTHETIC_BANNER, data_dir)
-    return dataset.open_build(data_dir, verify=data.verify_data)
+    return reader.open_build(data_dir, verify=data.verify_data)
 
 
 def flag_values() -> dict:

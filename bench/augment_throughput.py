@@ -17,7 +17,7 @@ entry_point.import_tensorflow_quietly()
 
 import tensorflow as tf  # noqa: E402
 
-from simclr_med import augment, preprocess  # noqa: E402
+from simclr_med.data import augment, preprocess  # noqa: E402
 
 SIZES = (64, 224)
 PRESETS = ("simclr", "cxr", "finetune")

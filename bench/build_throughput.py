@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 from data_prep import formats  # noqa: E402
 from data_prep.build import build_dataset  # noqa: E402
 from data_prep.config import BuildConfig  # noqa: E402
-from simclr_med import paths  # noqa: E402
+from tests import data_root  # noqa: E402
 
 CHEXPERT_ROWS = 223_414
 LINKS_PER_FILE = 50_000  # file systems allow some 65,000 hard links to one file
@@ -39,7 +39,7 @@ REPEATS = 3  # the fastest of three builds is printed
 
 
 def _real_builds(root: str) -> dict[str, dict]:
-    nih, ham = os.path.join(root, paths.NIH_FOLDER), os.path.join(root, paths.HAM_FOLDER)
+    nih, ham = os.path.join(root, data_root.NIH_FOLDER), os.path.join(root, data_root.HAM_FOLDER)
     return {
         "NIH official table": dict(format="nih", manifests=(
             os.path.join(nih, "Data_Entry_2017_v2020.csv.gz"),), image_root=nih),
@@ -104,7 +104,7 @@ def write_chexpert_folder(root: str) -> str:
 
 def main() -> None:
     print(f"{os.cpu_count()} CPU cores")
-    root = paths.real_data_root()
+    root = data_root.real_data_root()
     with tempfile.TemporaryDirectory() as scratch:
         if root is None:
             print("real data not found (set SIMCLR_MED_DATA): NIH and HAM builds skipped")

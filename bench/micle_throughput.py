@@ -33,19 +33,20 @@ from absl import flags  # noqa: E402
 from data_prep.build import build_dataset  # noqa: E402
 from data_prep.config import BuildConfig  # noqa: E402
 from flags import micle_bench_flags  # noqa: E402,F401  (defines the flags)
-from simclr_med import augment, paths  # noqa: E402
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig  # noqa: E402
-from simclr_med.dataset import Source, open_build  # noqa: E402
+from simclr_med.data import augment  # noqa: E402
+from simclr_med.data.pretrain_input import PairSpec, pair_dataset  # noqa: E402
+from simclr_med.data.reader import Source, open_build  # noqa: E402
 from simclr_med.errors import UserError  # noqa: E402
-from simclr_med.pretrain import pretrain  # noqa: E402
-from simclr_med.pretrain_input import PairSpec, pair_dataset  # noqa: E402
+from simclr_med.stages.pretrain import pretrain  # noqa: E402
+from tests import data_root
 
 
 def build_nih(output_dir: str) -> str:
-    root = paths.real_data_root()
+    root = data_root.real_data_root()
     if root is None:
         raise UserError("no --data_dir and no real data: set SIMCLR_MED_DATA (see the README)")
-    folder = os.path.join(root, paths.NIH_FOLDER)
+    folder = os.path.join(root, data_root.NIH_FOLDER)
     build_dataset(BuildConfig(
         format="nih", image_root=folder, output_dir=output_dir, progress=False,
         manifests=(os.path.join(folder, "Data_Entry_2017_v2020.csv.gz"),)))

@@ -21,11 +21,12 @@ entry_point.import_tensorflow_quietly()
 
 import tensorflow as tf  # noqa: E402
 
+from data_prep import synthetic
 from flags import bench_flags  # noqa: E402
-from simclr_med import augment, synthetic  # noqa: E402
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig  # noqa: E402
-from simclr_med.dataset import open_build  # noqa: E402
-from simclr_med.pretrain import pretrain  # noqa: E402
+from simclr_med.data import augment  # noqa: E402
+from simclr_med.data.reader import open_build  # noqa: E402
+from simclr_med.stages.pretrain import pretrain  # noqa: E402
 
 
 def measure(depth: int, image_size: int, batch: int, options: dict) -> dict:

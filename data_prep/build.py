@@ -37,7 +37,7 @@ from data_prep import formats, images, manifest, parallel, splits, writer
 from data_prep.config import BuildConfig
 from data_prep.manifest import ImageRow, ManifestError
 from data_prep.report import Ledger, format_summary, save_json
-from simclr_med import schema
+from simclr_med.data import schema
 from simclr_med.errors import UserError
 
 LABEL_FRACTIONS_FILE = "label_fractions.json"

@@ -20,8 +20,8 @@ from typing import Iterable
 from data_prep import manifest
 from data_prep.config import BuildConfig
 from data_prep.manifest import BAD_LABEL, MISSING_VALUE, ImageRow, RowRejected, required
+from simclr_med.data.schema import MULTICLASS, MULTILABEL
 from simclr_med.errors import UserError
-from simclr_med.schema import MULTICLASS, MULTILABEL
 
 CHEXPERT_OBSERVATIONS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",

@@ -75,7 +75,7 @@ class RowParser(Protocol):
     """A manifest format: its task and label names, the columns it needs, and how one row
     becomes an `ImageRow`."""
 
-    task: str  # simclr_med.schema.MULTICLASS or MULTILABEL
+    task: str  # simclr_med.data.schema.MULTICLASS or MULTILABEL
     names: tuple[str, ...]  # class names (class id = index) or label names (column = index)
     columns: tuple[str, ...]
 

@@ -5,7 +5,7 @@ Shards of one split are filled up to a target size and written as
 `<split>-NNNNN-of-MMMMM.tfrecord` (`schema.shard_name`), so a failed or interrupted build never
 leaves a file that a reader would take for a shard. Every split gets at least one shard, empty if
 it has no cases, so readers can always open it. Each shard's size and SHA-256 are taken once it
-is complete, for `dataset_info.json` (readers check them: `simclr_med.integrity`). Paths go
+is complete, for `dataset_info.json` (readers check them: `simclr_med.data.integrity`). Paths go
 through `tf.io.gfile`, so the output folder can be a cloud bucket (gs://...) as well as a local
 folder.
 """
@@ -16,7 +16,7 @@ import math
 
 import tensorflow as tf
 
-from simclr_med import integrity, schema
+from simclr_med.data import integrity, schema
 from simclr_med.errors import UserError
 
 _BUILD_FILES = ("*-of-*.tfrecord", ".*.tfrecord.incomplete", schema.DATASET_INFO_FILE,

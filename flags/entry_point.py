@@ -95,7 +95,11 @@ def from_flags(make_config: Callable[..., Config], *args, **kwargs) -> Config:
 
 def command_name() -> str:
     """How the user started this process: `data_prep.build` for `python -m data_prep.build`,
-    `run.py` for `python run.py`."""
+    `run.py` for `python run.py`, `simclr_med.predict` also when that shim hands over to
+    `cli.predict`."""
+    typed = sys.orig_argv
+    if "-m" in typed[:-1]:
+        return typed[typed.index("-m") + 1]
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     return spec.name if spec is not None else os.path.basename(sys.argv[0])
 

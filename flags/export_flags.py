@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from simclr_med.predict import MAX_IMAGE_PIXELS
+from simclr_med.serving import MAX_IMAGE_PIXELS
 
 FLAGS = flags.FLAGS
 

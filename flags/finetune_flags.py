@@ -13,10 +13,10 @@ from absl import flags
 
 from flags import run_flags
 from flags.entry_point import from_flags
-from simclr_med import linear_eval
 from simclr_med.config import AugmentConfig
-from simclr_med.evaluate import EvalConfig
-from simclr_med.finetune import FinetuneConfig
+from simclr_med.stages import linear_eval
+from simclr_med.stages.evaluate import EvalConfig
+from simclr_med.stages.finetune import FinetuneConfig
 
 FLAGS = flags.FLAGS
 

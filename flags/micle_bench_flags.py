@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from simclr_med import augment
+from simclr_med.data import augment
 
 flags.DEFINE_string("data_dir", "", "A data_prep build; default: build the NIH subset found "
                     "through SIMCLR_MED_DATA into a temporary folder.")

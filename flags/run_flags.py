@@ -11,7 +11,7 @@ import dataclasses
 from absl import flags
 
 from flags.entry_point import from_flags
-from simclr_med import augment
+from simclr_med.data import augment
 from simclr_med.config import (AugmentConfig, DataConfig, ModelConfig, OptimConfig,
                                PretrainConfig, StrategyConfig, TrainConfig)
 

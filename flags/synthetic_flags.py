@@ -1,4 +1,4 @@
-"""Flags of `python -m simclr_med.synthetic` (writes the synthetic image folder)."""
+"""Flags of `python -m data_prep.synthetic` (writes the synthetic image folder)."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """One view's augmentation. `simclr_med.augment.PRESETS` names the paper's settings."""
+    """One view's augmentation. `simclr_med.data.augment.PRESETS` names the paper's settings."""
 
     crop: bool = True
     crop_area_min: float = 0.08

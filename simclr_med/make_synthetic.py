@@ -1,18 +1,9 @@
-"""`python -m simclr_med.make_synthetic --output_dir=DIR`: writes the SYNTHETIC image folder
-(`images/*.png`, `metadata.csv`) that `data_prep.build --format=generic` turns into a data set."""
+"""`python -m simclr_med.make_synthetic`, as documented: the command itself is `cli/make_synthetic.py`.
 
-from __future__ import annotations
-
-import os
-
-from flags import entry_point, synthetic_flags
-from simclr_med import synthetic
-
-
-def main() -> None:
-    manifest = synthetic.write_image_folder(**synthetic_flags.args())
-    print(f"wrote the SYNTHETIC image folder {os.path.dirname(manifest)} (manifest {manifest})")
-
+Kept so the command users type still works; it imports nothing from the library.
+"""
 
 if __name__ == "__main__":
-    entry_point.run(main)
+    import runpy
+
+    runpy.run_module("cli.make_synthetic", run_name="__main__", alter_sys=True)

@@ -13,7 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 import tensorflow as tf
 
-from simclr_med import paths, strategy
+from simclr_med.training import strategy
+from tests import data_root
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -32,7 +33,7 @@ def skip_unless_required(reason: str) -> None:
 
 
 def _real_data_root() -> pathlib.Path | None:
-    root = paths.real_data_root()
+    root = data_root.real_data_root()
     return pathlib.Path(root) if root else None
 
 
@@ -80,7 +81,7 @@ def _build(tmp_path_factory, name: str, **kwargs) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def nih_build(real_data, tmp_path_factory) -> pathlib.Path:
     """The NIH ChestX-ray14 subset built with `--format=nih` from NIH's official table."""
-    folder = real_data / paths.NIH_FOLDER
+    folder = real_data / data_root.NIH_FOLDER
     return _build(tmp_path_factory, "nih", format="nih", image_root=str(folder),
                   manifests=(str(folder / "Data_Entry_2017_v2020.csv.gz"),))
 
@@ -88,7 +89,7 @@ def nih_build(real_data, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def ham_build(real_data, tmp_path_factory) -> pathlib.Path:
     """The HAM10000 subset built with `--format=ham10000` from the official metadata."""
-    folder = real_data / paths.HAM_FOLDER
+    folder = real_data / data_root.HAM_FOLDER
     return _build(tmp_path_factory, "ham", format="ham10000", image_root=str(folder),
                   manifests=(str(folder / "HAM10000_metadata.csv"),))
 
@@ -96,6 +97,6 @@ def ham_build(real_data, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def synthetic_build(tmp_path_factory) -> pathlib.Path:
     """The built-in synthetic data set (what run.py uses without --data_dir)."""
-    from simclr_med import synthetic
+    from data_prep import synthetic
 
     return pathlib.Path(synthetic.default_build(str(tmp_path_factory.mktemp("synthetic"))))

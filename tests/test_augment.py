@@ -1,4 +1,4 @@
-"""SimCLR and chest X-ray augmentations (simclr_med.augment)."""
+"""SimCLR and chest X-ray augmentations (simclr_med.data.augment)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage, stats
 
-from simclr_med import augment
 from simclr_med.config import AugmentConfig
+from simclr_med.data import augment
 
 SIZE = 32
 

@@ -20,11 +20,11 @@ import tensorflow as tf
 from PIL import Image
 from scipy import special
 
-from simclr_med import evaluate, linear_eval
-from simclr_med import reference_checkpoint as rc
-from simclr_med.checkpointing import ModelRecord
-from simclr_med.dataset import open_build, read_images
+from simclr_med.checkpoints import official as rc
+from simclr_med.checkpoints.native import ModelRecord
+from simclr_med.data.reader import open_build, read_images
 from simclr_med.errors import UserError
+from simclr_med.stages import evaluate, linear_eval
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = "r18_w025_cifar"

@@ -19,12 +19,13 @@ import pytest
 import tensorflow as tf
 
 from data_prep.config import BuildConfig
-from simclr_med import augment, evaluate, schema
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
-from simclr_med.dataset import open_build
+from simclr_med.data import augment, schema
+from simclr_med.data.integrity import DamagedBuildError, names_damaged_shards
+from simclr_med.data.reader import open_build
 from simclr_med.errors import UserError
-from simclr_med.integrity import DamagedBuildError, names_damaged_shards
-from simclr_med.pretrain import pretrain
+from simclr_med.stages import evaluate
+from simclr_med.stages.pretrain import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_SHARD = "train-00000-of-00001.tfrecord"

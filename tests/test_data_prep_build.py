@@ -18,7 +18,7 @@ from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
 from data_prep.manifest import ManifestError
 from data_prep.report import BuildError
-from simclr_med import schema
+from simclr_med.data import schema
 from simclr_med.errors import UserError
 
 CLASSES = ("benign", "malignant", "unclear")

@@ -11,7 +11,7 @@ import pytest
 from data_prep import formats
 from data_prep.config import BuildConfig
 from data_prep.manifest import ManifestError, read_manifest
-from simclr_med import schema
+from simclr_med.data import schema
 from simclr_med.errors import UserError
 
 CHEXPERT_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,"
@@ -89,7 +89,7 @@ def test_chexpert_study_cases_keep_each_patient_in_one_split(tmp_path):
     from PIL import Image
 
     from data_prep.build import build_dataset
-    from simclr_med.dataset import open_build, read_cases
+    from simclr_med.data.reader import open_build, read_cases
 
     rng = np.random.default_rng(0)
     lines, studies = [CHEXPERT_HEADER], collections.defaultdict(set)

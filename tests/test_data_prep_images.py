@@ -226,7 +226,7 @@ def test_dicom_case_through_the_build(tmp_path):
 
     from data_prep.build import build_dataset
     from data_prep.config import BuildConfig
-    from simclr_med import preprocess, schema
+    from simclr_med.data import preprocess, schema
 
     (tmp_path / "scans").mkdir()
     lines = ["path,study,finding"]

@@ -15,7 +15,8 @@ from PIL import Image
 from data_prep import formats
 from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
-from simclr_med import paths, schema
+from simclr_med.data import schema
+from tests import data_root
 
 SPLITS = ("train", "validation", "test")
 
@@ -65,7 +66,7 @@ def test_nih_official_table(nih, real_data):
                  case["image_id"], case["encoded"], case["view"])}
     for image_id in sorted(by_id)[:20]:
         encoded, view = by_id[image_id]
-        source = np.asarray(Image.open(real_data / paths.NIH_FOLDER / "images" / image_id))
+        source = np.asarray(Image.open(real_data / data_root.NIH_FOLDER / "images" / image_id))
         stored = tf.io.decode_png(encoded).numpy()
         assert stored.shape == (64, 64, 1)  # grey RGB(A) stored as one channel
         np.testing.assert_array_equal(stored[..., 0], source[..., 0])
@@ -74,7 +75,7 @@ def test_nih_official_table(nih, real_data):
 
 def test_nih_flat_manifest_gives_the_same_records(nih, real_data, tmp_path):
     output_dir, _ = nih
-    report = _build(real_data, paths.NIH_FOLDER, "generic", "metadata.csv", tmp_path,
+    report = _build(real_data, data_root.NIH_FOLDER, "generic", "metadata.csv", tmp_path,
                     image_id_column="image_id", case_column="patient_id",
                     label_columns=formats.NIH_FINDINGS, view_columns=("view_position",),
                     num_workers=2)
@@ -91,21 +92,21 @@ def test_ham10000_official_table(ham, real_data):
     assert (info.task, tuple(info.names)) == (schema.MULTICLASS, formats.HAM10000_CLASSES)
     cases = _cases(output_dir, num_labels=0)
     assert _patients_disjoint(cases) == 1035
-    with open(real_data / paths.HAM_FOLDER / "metadata.csv") as f:
+    with open(real_data / data_root.HAM_FOLDER / "metadata.csv") as f:
         dx = {row["image_id"]: row["dx"] for row in csv.DictReader(f)}
     for case in cases["test"][:30]:
         for image_id, encoded, class_id in zip(case["image_id"], case["encoded"],
                                                case["class_id"]):
             image_id = image_id.numpy().decode()
             assert formats.HAM10000_CLASSES[int(class_id)] == dx[image_id]
-            source = (real_data / paths.HAM_FOLDER / "images" / f"{image_id}.jpg").read_bytes()
+            source = (real_data / data_root.HAM_FOLDER / "images" / f"{image_id}.jpg").read_bytes()
             assert encoded.numpy() == source  # JPEGs are stored byte for byte
             assert Image.open(io.BytesIO(source)).size == (220, 220)
 
 
 def test_ham10000_flat_manifest_gives_the_same_records(ham, real_data, tmp_path):
     output_dir, _ = ham
-    report = _build(real_data, paths.HAM_FOLDER, "generic", "metadata.csv", tmp_path,
+    report = _build(real_data, data_root.HAM_FOLDER, "generic", "metadata.csv", tmp_path,
                     image_id_column="image_id", case_column="lesion_id", label_column="dx",
                     num_workers=2)
     assert (report["rows_in"], report["images_written"], report["skipped"]) == (1164, 1164, {})

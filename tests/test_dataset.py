@@ -7,7 +7,7 @@ import itertools
 import pytest
 import tensorflow as tf
 
-from simclr_med.dataset import shuffled_epochs
+from simclr_med.data.reader import shuffled_epochs
 from simclr_med.errors import UserError
 
 SIZE = 10

@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_med.config import ModelConfig, OptimConfig
-from simclr_med.model import SimCLRModel
-from simclr_med.pretrain import contrastive_gradients
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.stages.pretrain import contrastive_gradients
 from test_objective import numpy_nt_xent
 
 GLOBAL_BATCH = 8

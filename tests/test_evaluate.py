@@ -13,8 +13,10 @@ from matplotlib import image as mpimg
 from sklearn import metrics as skm
 
 from data_prep.formats import CHEXPERT_OBSERVATIONS, HAM10000_CLASSES, NIH_FINDINGS
-from simclr_med import evaluate, label_mapping, metrics, plots, schema
+from simclr_med.data import schema
 from simclr_med.errors import UserError
+from simclr_med.evaluation import label_mapping, metrics, plots
+from simclr_med.stages import evaluate
 
 
 def test_nih_and_chexpert_share_seven_findings_through_the_table():

@@ -1,8 +1,8 @@
-"""SavedModel export (simclr_med.export), `run.py --mode=export` and `python -m simclr_med.predict`.
+"""SavedModel export (simclr_med.stages.export), `run.py --mode=export` and `python -m simclr_med.predict`.
 
 Every SavedModel is checked in a fresh Python process that imports only TensorFlow (importing
 simclr_med there fails on purpose) against the Keras model's evaluation path in this process, on a
-batch of synthetic case images (simclr_med.synthetic) encoded as RGB and RGBA PNGs, 8- and 16-bit
+batch of synthetic case images (data_prep.synthetic) encoded as RGB and RGBA PNGs, 8- and 16-bit
 grayscale PNGs and colour and grayscale JPEGs of different sizes. Empty batches are served in fresh
 processes with oneDNN on and off. Only the real fine-tuning run at the end needs the real data.
 """
@@ -29,12 +29,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_med import augment, checkpointing, evaluate, export, preprocess, schema, synthetic
+from data_prep import synthetic
+from simclr_med.checkpoints import native
 from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
-from simclr_med.dataset import open_build, read_images
+from simclr_med.data import augment, preprocess, schema
+from simclr_med.data.reader import open_build, read_images
 from simclr_med.errors import UserError
-from simclr_med.finetune import FinetuneConfig, finetune
-from simclr_med.model import SimCLRModel
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.stages import evaluate, export
+from simclr_med.stages.finetune import FinetuneConfig, finetune
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
@@ -163,7 +166,7 @@ for trainable in (False, True):
         report[f"features/{trainable}/{rows}/moving_averages_kept"] = all(
             np.array_equal(a, b) for a, b in zip(before, moving_averages()))
 
-from simclr_med import evaluate  # evaluation's Predictor, on a model folder
+from simclr_med.stages import evaluate  # evaluation's Predictor, on a model folder
 
 model = evaluate.load_model(job["model_dir"])[0]
 images = tf.random.stateless_uniform([3] + job["pixels_shape"], seed=[0, 1])
@@ -221,7 +224,7 @@ def _save_checkpoint(model: SimCLRModel, directory: pathlib.Path, step: int) -> 
     optimizer.build(model.trainable_variables)
     optimizer.iterations.assign(step)
     manager = tf.train.CheckpointManager(
-        checkpointing.make_checkpoint(model, optimizer, optimizer.iterations), str(directory), 3)
+        native.make_checkpoint(model, optimizer, optimizer.iterations), str(directory), 3)
     manager.save(checkpoint_number=step)
 
 
@@ -229,7 +232,7 @@ def _make_model_dir(directory: pathlib.Path, images: list[pathlib.Path], config:
                     task: str, names: tuple[str, ...], source: str) -> None:
     """A model folder as a training run leaves it; fine-tuning runs also get a best/ checkpoint
     (other weights, an earlier step) that export must prefer to the latest."""
-    checkpointing.ModelRecord(config, len(names), task, names, source).save(str(directory))
+    native.ModelRecord(config, len(names), task, names, source).save(str(directory))
     model = SimCLRModel(config, len(names))
     model.build_for_image_size()
     pixels = _eval_pixels(images, config)
@@ -237,7 +240,7 @@ def _make_model_dir(directory: pathlib.Path, images: list[pathlib.Path], config:
     _save_checkpoint(model, directory, LATEST_STEP)
     if source == "finetune":
         _randomize(model, 2, pixels)
-        checkpointing.ModelRecord(config, len(names), task, names, source).save(
+        native.ModelRecord(config, len(names), task, names, source).save(
             str(directory / evaluate.BEST_DIR))
         _save_checkpoint(model, directory / evaluate.BEST_DIR, BEST_STEP)
 
@@ -331,7 +334,7 @@ def exported(images, tmp_path_factory) -> dict[str, tuple[pathlib.Path, pathlib.
     assert f"step {BEST_STEP}" in completed.stdout and "serving" in completed.stdout
     model_dir, export_dir = folders["multilabel"]
     model, _, _ = export.restore_model(str(model_dir), len(NIH_LABELS))
-    export.save_serving(model, checkpointing.ModelRecord.load(str(model_dir)),
+    export.save_serving(model, native.ModelRecord.load(str(model_dir)),
                         str(export_dir / "serving"))
     model_dir, export_dir = folders["pretrain"]
     (export_dir / "serving").mkdir(parents=True)  # an earlier export's, stale now
@@ -499,7 +502,7 @@ def test_failed_export_keeps_the_earlier_export(earlier_export):
     """A checkpoint that does not fit model_config.json (another width) fails the export, which
     leaves the earlier export as it was."""
     model_dir, export_dir, before = earlier_export
-    record = checkpointing.ModelRecord.load(str(model_dir))
+    record = native.ModelRecord.load(str(model_dir))
     wider = dataclasses.replace(record, model=dataclasses.replace(record.model,
                                                                   width_multiplier=0.5))
     for folder in (model_dir, model_dir / evaluate.BEST_DIR):

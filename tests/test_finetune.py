@@ -19,13 +19,15 @@ import tensorflow as tf
 
 from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
-from simclr_med import augment, checkpointing, evaluate
+from simclr_med.checkpoints import native
 from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
-from simclr_med.dataset import open_build, read_cases
+from simclr_med.data import augment
+from simclr_med.data.finetune_input import count_training_images, evaluation_dataset
+from simclr_med.data.reader import open_build, read_cases
 from simclr_med.errors import UserError
-from simclr_med.finetune import FinetuneConfig, finetune
-from simclr_med.finetune_input import count_training_images, evaluation_dataset
-from simclr_med.model import SimCLRModel
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.stages import evaluate
+from simclr_med.stages.finetune import FinetuneConfig, finetune
 
 # ResNet-18 at width 0.25 on 64 px inputs (ImageNet stem: 16x16 maps after it), Adam.
 SMALL = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=64,
@@ -84,8 +86,8 @@ def test_ham_model_beats_chance_with_its_interval_and_writes_every_file(ham_run)
     assert summary["best_checkpoint"].startswith(str(best_dir))
     assert result["global_step"] == summary["best_step"] == json.loads(
         (best_dir / "best.json").read_text())["step"]
-    record = checkpointing.ModelRecord.load(str(best_dir))
-    assert record == checkpointing.ModelRecord.load(str(model_dir))
+    record = native.ModelRecord.load(str(best_dir))
+    assert record == native.ModelRecord.load(str(model_dir))
     assert (record.source, record.task, record.num_classes) == ("finetune", "multiclass", 7)
 
     with open(model_dir / "predictions_test.csv") as f:
@@ -218,8 +220,8 @@ def _init_folder(folder: pathlib.Path) -> SimCLRModel:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=layer.moving_variance.shape))
-    checkpointing.ModelRecord(TINY, source="pretrain").save(str(folder))
-    tf.train.CheckpointManager(checkpointing.make_checkpoint(model), str(folder), 1).save()
+    native.ModelRecord(TINY, source="pretrain").save(str(folder))
+    tf.train.CheckpointManager(native.make_checkpoint(model), str(folder), 1).save()
     return model
 
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import tensorflow as tf
 
-from simclr_med import augment
-from simclr_med.dataset import open_build, read_cases
-from simclr_med.finetune_input import (LABEL_FRACTIONS_FILE, LabelledSpec, count_training_images,
+from simclr_med.data import augment
+from simclr_med.data.reader import open_build, read_cases
+from simclr_med.data.finetune_input import (LABEL_FRACTIONS_FILE, LabelledSpec, count_training_images,
                                        training_dataset)
 
 # Every fraction label_fractions.json stores (data_prep.splits.STANDARD_FRACTIONS).

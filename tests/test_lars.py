@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.lars import LARS
-from simclr_med.model import no_decay_variables
+from simclr_med.models.simclr import no_decay_variables
+from simclr_med.training.lars import LARS
 
 LR, MOMENTUM, DECAY, ETA = 0.5, 0.9, 0.01, 0.001
 

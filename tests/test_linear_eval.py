@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 from sklearn.neighbors import KNeighborsClassifier
 
-from simclr_med import augment, evaluate, linear_eval, schema
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
-from simclr_med.dataset import open_build
-from simclr_med.pretrain import pretrain
+from simclr_med.data import augment, schema
+from simclr_med.data.reader import open_build
+from simclr_med.stages import evaluate, linear_eval
+from simclr_med.stages.pretrain import pretrain
 
 ENDPOINT = "final_avg_pool"
 

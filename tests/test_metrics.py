@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from simclr_med import metrics
+from simclr_med.evaluation import metrics
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Hernia")

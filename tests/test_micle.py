@@ -21,12 +21,12 @@ import scipy.stats
 import tensorflow as tf
 from PIL import Image
 
-from simclr_med import augment, micle, preprocess, schema
 from simclr_med.config import StrategyConfig
-from simclr_med.dataset import Source, open_build, read_cases
-from simclr_med.pretrain_input import PairSpec, make_pair, pair_dataset
-from simclr_med.strategy import build_strategy
-from simclr_med.trainer import distributed_input
+from simclr_med.data import augment, micle, preprocess, schema
+from simclr_med.data.pretrain_input import PairSpec, make_pair, pair_dataset
+from simclr_med.data.reader import Source, open_build, read_cases
+from simclr_med.training.loop import distributed_input
+from simclr_med.training.strategy import build_strategy
 
 BAG_SIZES = (1, 1, 1, 2, 3, 4, 5, 6, 12)  # case c holds BAG_SIZES[c] images
 PIXELS = 16

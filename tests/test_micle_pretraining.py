@@ -12,13 +12,14 @@ import sys
 import pytest
 import tensorflow as tf
 
-from simclr_med import augment, objective
-from simclr_med.checkpointing import load_init_weights
+from simclr_med.checkpoints.initial_weights import load_init_weights
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
-from simclr_med.dataset import Source, open_build, read_cases
-from simclr_med.model import SimCLRModel
-from simclr_med.pretrain import pretrain
-from simclr_med.pretrain_input import PairSpec, pair_dataset
+from simclr_med.data import augment
+from simclr_med.data.pretrain_input import PairSpec, pair_dataset
+from simclr_med.data.reader import Source, open_build, read_cases
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.stages.pretrain import pretrain
+from simclr_med.training import contrastive_loss
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The paper's augmentation per data set: chest X-ray set for NIH, SimCLR's for dermatology.
@@ -83,7 +84,7 @@ def held_out_losses(source: Source, preset: str, model_dir: pathlib.Path,
         per_batch = []
         for images in batches:
             z1, z2 = tf.split(model(images, training=True)["proj_head_output"], 2)
-            per_batch.append(tf.reduce_mean(objective.nt_xent(z1, z2, TEMPERATURE).per_pair_loss))
+            per_batch.append(tf.reduce_mean(contrastive_loss.nt_xent(z1, z2, TEMPERATURE).per_pair_loss))
         losses.append(float(tf.reduce_mean(per_batch)))
     return losses
 

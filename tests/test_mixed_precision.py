@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med import schema, strategy
 from simclr_med.config import ModelConfig
-from simclr_med.finetune import supervised_gradients
-from simclr_med.model import SimCLRModel
-from simclr_med.pretrain import contrastive_gradients
+from simclr_med.data import schema
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.stages.finetune import supervised_gradients
+from simclr_med.stages.pretrain import contrastive_gradients
+from simclr_med.training import strategy
 
 CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32)
 BATCH, CLASSES = 4, 3

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from simclr_med import objective
+from simclr_med.training import contrastive_loss
 
 
 def numpy_nt_xent(z1: np.ndarray, z2: np.ndarray, temperature: float) -> np.ndarray:
@@ -27,23 +27,23 @@ def _projections(n=8, d=16, seed=0):
 
 def test_nt_xent_matches_numpy_on_one_device():
     z1, z2 = _projections()
-    result = objective.nt_xent(tf.constant(z1), tf.constant(z2), temperature=0.5)
+    result = contrastive_loss.nt_xent(tf.constant(z1), tf.constant(z2), temperature=0.5)
     np.testing.assert_allclose(result.per_pair_loss.numpy(), numpy_nt_xent(z1, z2, 0.5),
                                rtol=1e-5, atol=1e-5)
 
 
 def test_nt_xent_of_identical_views_is_small_and_accuracy_is_one():
     z1, _ = _projections()
-    result = objective.nt_xent(tf.constant(z1), tf.constant(z1 * 3.0), temperature=0.05)
-    np.testing.assert_array_equal(objective.contrastive_accuracy(result).numpy(), 1.0)
+    result = contrastive_loss.nt_xent(tf.constant(z1), tf.constant(z1 * 3.0), temperature=0.05)
+    np.testing.assert_array_equal(contrastive_loss.contrastive_accuracy(result).numpy(), 1.0)
     assert float(tf.reduce_max(result.per_pair_loss)) < 1.0
 
 
 def test_entropy_is_log_of_candidates_for_constant_logits():
     z = np.ones((4, 3), np.float32)
-    result = objective.nt_xent(tf.constant(z), tf.constant(z), temperature=1.0)
+    result = contrastive_loss.nt_xent(tf.constant(z), tf.constant(z), temperature=1.0)
     # 2N - 1 candidates with equal logits (the self-similarity is masked out).
-    np.testing.assert_allclose(objective.contrastive_entropy(result).numpy(), np.log(7), rtol=1e-5)
+    np.testing.assert_allclose(contrastive_loss.contrastive_entropy(result).numpy(), np.log(7), rtol=1e-5)
 
 
 def test_nt_xent_across_two_replicas_matches_numpy(two_cpu_strategy):
@@ -59,7 +59,7 @@ def test_nt_xent_across_two_replicas_matches_numpy(two_cpu_strategy):
 
     @tf.function
     def run(values):
-        return strategy.run(lambda v: objective.nt_xent(v[0], v[1], 0.5).per_pair_loss,
+        return strategy.run(lambda v: contrastive_loss.nt_xent(v[0], v[1], 0.5).per_pair_loss,
                             args=(values,))
 
     per_replica = strategy.experimental_local_results(run(inputs))

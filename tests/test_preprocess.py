@@ -1,4 +1,4 @@
-"""Decoding and the evaluation path (simclr_med.preprocess)."""
+"""Decoding and the evaluation path (simclr_med.data.preprocess)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_med import preprocess
+from simclr_med.data import preprocess
 
 RNG = np.random.default_rng(0)
 

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med import augment, evaluate
-from simclr_med.checkpointing import ModelRecord, make_checkpoint
+from simclr_med.checkpoints.native import ModelRecord, make_checkpoint
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
-from simclr_med.dataset import open_build
-from simclr_med.model import SimCLRModel, no_decay_variables
-from simclr_med.optimizers import build_optimizer
-from simclr_med.pretrain import contrastive_gradients, pretrain
-from simclr_med.pretrain_input import PairSpec, pair_dataset
-from simclr_med.trainer import NonFiniteLossError
+from simclr_med.data import augment
+from simclr_med.data.pretrain_input import PairSpec, pair_dataset
+from simclr_med.data.reader import open_build
+from simclr_med.models.simclr import SimCLRModel, no_decay_variables
+from simclr_med.stages import evaluate
+from simclr_med.stages.pretrain import contrastive_gradients, pretrain
+from simclr_med.training.loop import NonFiniteLossError
+from simclr_med.training.optimizers import build_optimizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--resnet_depth=18", "--width_multiplier=0.25", "--image_size=32"]

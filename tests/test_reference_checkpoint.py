@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med import checkpointing
-from simclr_med import reference_checkpoint as rc
+from simclr_med.checkpoints import native
+from simclr_med.checkpoints import official as rc
 from simclr_med.config import ModelConfig
-from simclr_med.model import SimCLRModel
+from simclr_med.models.simclr import SimCLRModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -305,12 +305,12 @@ def test_convert_command_round_trip(simclr_tf2_fixtures, converted, model_for):
     output_dir, stdout = converted
     assert "loaded 121 variables" in stdout
 
-    record = checkpointing.ModelRecord.load(str(output_dir))
+    record = native.ModelRecord.load(str(output_dir))
     assert (record.source, record.num_classes) == (str(folder), 10)
     assert not rc.is_reference_checkpoint(str(output_dir))
     model = model_for(record.model, record.num_classes)
-    checkpointing.make_checkpoint(model).restore(
-        checkpointing.resolve_checkpoint(str(output_dir))).assert_consumed()
+    native.make_checkpoint(model).restore(
+        native.resolve_checkpoint(str(output_dir))).assert_consumed()
     assert_matches_expected(model, folder)
 
 
@@ -319,7 +319,7 @@ def test_pretraining_starts_from_a_converted_checkpoint(converted, synthetic_bui
     """run.py --mode=pretrain --init_checkpoint=<converted fixture> trains and checkpoints in this
     package's format; at learning rate 0 its convolution kernels are the fixture's."""
     output_dir, _ = converted
-    record = checkpointing.ModelRecord.load(str(output_dir))
+    record = native.ModelRecord.load(str(output_dir))
     run_dir = tmp_path / "pretrain"
     completed = subprocess.run(
         [sys.executable, "run.py", "--mode=pretrain", f"--model_dir={run_dir}",
@@ -333,13 +333,13 @@ def test_pretraining_starts_from_a_converted_checkpoint(converted, synthetic_bui
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["global_step"] == 2 and np.isfinite(summary["loss"])
-    trained = checkpointing.ModelRecord.load(str(run_dir))
+    trained = native.ModelRecord.load(str(run_dir))
     assert trained.source == "pretrain" and trained.model == record.model
 
     def kernels(folder: pathlib.Path, num_classes: int) -> list[np.ndarray]:
         model = model_for(record.model, num_classes)
-        checkpointing.make_checkpoint(model).restore(
-            checkpointing.resolve_checkpoint(str(folder))).expect_partial()
+        native.make_checkpoint(model).restore(
+            native.resolve_checkpoint(str(folder))).expect_partial()
         return [v.numpy() for v in model.resnet.trainable_variables if v.path.endswith("kernel")]
 
     start, after = kernels(output_dir, record.num_classes), kernels(run_dir, trained.num_classes)

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from simclr_med.config import ModelConfig
-from simclr_med.model import SimCLRModel
-from simclr_med.resnet import BLOCKS_PER_GROUP, ResNet
+from simclr_med.models.resnet import BLOCKS_PER_GROUP, ResNet
+from simclr_med.models.simclr import SimCLRModel
 
 
 def _trainable_count(layer) -> int:

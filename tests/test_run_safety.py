@@ -19,14 +19,16 @@ import tensorflow as tf
 from absl import flags
 
 import run
+from data_prep import synthetic
 from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
-from simclr_med import augment, evaluate, linear_eval, synthetic
 from simclr_med.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from simclr_med.dataset import open_build
+from simclr_med.data import augment
+from simclr_med.data.reader import open_build
 from simclr_med.errors import UserError
-from simclr_med.finetune import FinetuneConfig, finetune
-from simclr_med.model import SimCLRModel
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.stages import evaluate, linear_eval
+from simclr_med.stages.finetune import FinetuneConfig, finetune
 
 FLAGS = flags.FLAGS
 TINY_MODEL = ["--resnet_depth=18", "--width_multiplier=0.25", "--image_size=32"]

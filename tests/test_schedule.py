@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from simclr_med import schedule
+from simclr_med.training import schedule
 
 
 def test_scaling_rules():

@@ -3,7 +3,7 @@
 import pytest
 
 from simclr_med.config import StrategyConfig
-from simclr_med.strategy import build_strategy, mirrored_devices
+from simclr_med.training.strategy import build_strategy, mirrored_devices
 
 CPUS = ["/device:CPU:0", "/device:CPU:1"]
 GPUS = ["/device:GPU:0"]  # a one-GPU machine, as the README's `.[gpu]` install gives

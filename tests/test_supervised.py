@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med import schema, supervised
-from simclr_med.finetune import supervised_gradients
+from simclr_med.data import schema
+from simclr_med.stages.finetune import supervised_gradients
+from simclr_med.training import supervised_loss
 
 RNG = np.random.default_rng(0)
 IMAGES, LABELS = 8, 5
@@ -49,7 +50,7 @@ def _loss_and_logit_gradient(logits: np.ndarray, batch: dict, task: str):
     logits = tf.constant(logits)
     with tf.GradientTape() as tape:
         tape.watch(logits)
-        per_entry, weights = supervised.task_loss(logits, batch, task)
+        per_entry, weights = supervised_loss.task_loss(logits, batch, task)
         total = tf.reduce_sum(per_entry * weights)
     return per_entry.numpy(), weights.numpy(), tape.gradient(total, logits).numpy()
 

@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med import augment, checkpointing, evaluate
+from simclr_med.checkpoints import native
 from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
-from simclr_med.dataset import open_build
-from simclr_med.finetune import FinetuneConfig, finetune
-from simclr_med.model import SimCLRModel, no_decay_variables
-from simclr_med.optimizers import OPTIMIZERS, build_optimizer, weight_decay_loss
+from simclr_med.data import augment
+from simclr_med.data.reader import open_build
+from simclr_med.models.simclr import SimCLRModel, no_decay_variables
+from simclr_med.stages import evaluate
+from simclr_med.stages.finetune import FinetuneConfig, finetune
+from simclr_med.training.optimizers import OPTIMIZERS, build_optimizer, weight_decay_loss
 
 LR, MOMENTUM, DECAY, ETA = 0.1, 0.9, 0.05, 0.001
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras Adam's defaults, as the reference's
@@ -170,7 +172,7 @@ def test_fine_tuning_adds_the_l2_term_to_its_loss(synthetic_build, tmp_path):
     zero.build_for_image_size()
     for variable in zero.variables:
         variable.assign(tf.zeros_like(variable))
-    checkpointing.ModelRecord(config, source="pretrain").save(str(tmp_path / "zero"))
+    native.ModelRecord(config, source="pretrain").save(str(tmp_path / "zero"))
     tf.train.Checkpoint(model=zero).save(str(tmp_path / "zero" / "ckpt"))
 
     decay, lr = 0.5, 1.0 * 8 / 256

@@ -1,7 +1,7 @@
 """The input of contrastive pretraining: batches of positive pairs of augmented views.
 
 SimCLR: every image once per epoch, two augmentations of it. MICLe: every case bag once per epoch,
-two different images of the bag when it has several (`simclr_med.micle`). A SimCLR image is treated
+two different images of the bag when it has several (`simclr_med.data.micle`). A SimCLR image is treated
 as a bag of one, so both share one pair builder.
 
 Each element gets its augmentation seed from its position in the (seeded, shuffled, repeated)
@@ -15,9 +15,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from simclr_med import augment, micle, preprocess
 from simclr_med.config import AugmentConfig
-from simclr_med.dataset import AUTOTUNE, Source, epoch_reader, shuffled_epochs
+from simclr_med.data import augment, micle, preprocess
+from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, shuffled_epochs
 
 # Per-image label fields that follow the chosen images into the pair.
 _LABEL_FIELDS = ("class_id", "labels", "label_mask")

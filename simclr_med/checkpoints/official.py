@@ -27,12 +27,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr_med import checkpointing
+from simclr_med.checkpoints import native
 from simclr_med.config import ModelConfig
 from simclr_med.errors import UserError
-from simclr_med.model import SimCLRModel
-from simclr_med.projection_head import LinearLayer
-from simclr_med.resnet import (BLOCKS_PER_GROUP, BOTTLENECK_MIN_DEPTH, CIFAR_STEM_MAX_SIZE,
+from simclr_med.models.projection_head import LinearLayer
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.models.resnet import (BLOCKS_PER_GROUP, BOTTLENECK_MIN_DEPTH, CIFAR_STEM_MAX_SIZE,
                                SK_MIN_DIM, BasicBlock, BatchNormRelu, BottleneckBlock,
                                FixedPaddingConv2D, SelectiveKernel)
 
@@ -123,7 +123,7 @@ def resolve_prefix(path: str) -> str:
                 "found: not a checkpoint folder or SavedModel")
         return os.path.join(saved_model, "variables", "variables")
     try:
-        prefix = checkpointing.resolve_checkpoint(path)
+        prefix = native.resolve_checkpoint(path)
     except Exception as error:  # a damaged state file fails in the text-proto parser
         raise ReferenceCheckpointError(f"{os.path.join(path, 'checkpoint')}: cannot parse: "
                                        f"{error}") from error
@@ -620,11 +620,11 @@ def load_reference_weights(model: SimCLRModel, path: str, projection_layers: Opt
 
 def convert_reference_checkpoint(source: str, output_dir: str, image_size: Optional[int] = None,
                                  base: ModelConfig = ModelConfig()
-                                 ) -> tuple[checkpointing.ModelRecord, LoadReport]:
+                                 ) -> tuple[native.ModelRecord, LoadReport]:
     """Builds the checkpoint's network, loads it and saves it in this package's format in
-    `output_dir`: a CheckpointManager checkpoint of `checkpointing.make_checkpoint(model)` and
+    `output_dir`: a CheckpointManager checkpoint of `native.make_checkpoint(model)` and
     `model_config.json` (with `source`). `base` supplies what a checkpoint does not hold."""
-    if checkpointing.resolve_checkpoint(output_dir):
+    if native.resolve_checkpoint(output_dir):
         raise ReferenceCheckpointError(f"{output_dir} already holds a checkpoint; choose an empty "
                                        "output folder")
     refs = read_reference_variables(source)
@@ -633,9 +633,9 @@ def convert_reference_checkpoint(source: str, output_dir: str, image_size: Optio
     model = SimCLRModel(config, found.num_classes)
     model.build_for_image_size()
     report = _load(model, refs, None, include_supervised_head=True)
-    tf.train.CheckpointManager(checkpointing.make_checkpoint(model), output_dir,
+    tf.train.CheckpointManager(native.make_checkpoint(model), output_dir,
                                max_to_keep=1).save()
-    record = checkpointing.ModelRecord(model=config, num_classes=found.num_classes,
+    record = native.ModelRecord(model=config, num_classes=found.num_classes,
                                        task="multiclass" if found.num_classes else "",
                                        source=source)
     record.save(output_dir)

@@ -31,18 +31,21 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_med import checkpointing, evaluate, metrics, schedule, supervised
+from simclr_med.checkpoints import initial_weights, native
 from simclr_med.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
-from simclr_med.dataset import Source
+from simclr_med.data.integrity import names_damaged_shards
+from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
-from simclr_med.integrity import names_damaged_shards
-from simclr_med.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
+from simclr_med.evaluation import metrics
+from simclr_med.stages import evaluate
+from simclr_med.training import schedule, supervised_loss
+from simclr_med.data.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
                                        training_dataset, unlabelled_reason)
-from simclr_med.model import SimCLRModel, no_decay_variables
-from simclr_med.optimizers import build_optimizer, weight_decay_loss
-from simclr_med.pretrain import seed_everything, total_steps
-from simclr_med.train_metrics import RunningMeans
-from simclr_med.trainer import LoopSettings, Trainer, distributed_input, write_json
+from simclr_med.models.simclr import SimCLRModel, no_decay_variables
+from simclr_med.stages.pretrain import seed_everything, total_steps
+from simclr_med.training.loop import LoopSettings, Trainer, distributed_input, write_json
+from simclr_med.training.optimizers import build_optimizer, weight_decay_loss
+from simclr_med.training.running_means import RunningMeans
 
 BEST_STATE_FILE = "best.json"
 NUM_BLOCK_GROUPS = 4
@@ -90,14 +93,14 @@ def supervised_gradients(model: SimCLRModel, optimizer, examples: dict, task: st
     """This replica's share of the fine-tuning loss, and its gradients for the trainable variables.
 
     The loss is the masked task loss averaged over the global batch's images and, multi-label,
-    their label slots (`supervised.global_mean`): summed over replicas, as the optimizer's
+    their label slots (`supervised_loss.global_mean`): summed over replicas, as the optimizer's
     all-reduce does, loss and gradients are those of one device holding the global batch.
     `optim` adds its weight decay's L2 term (`optimizers.weight_decay_loss`).
     """
     with tf.GradientTape() as tape:
         logits = model(examples["image"], training=True)["logits_sup"]
-        per_entry, weights = supervised.task_loss(logits, examples, task)
-        loss = supervised.global_mean(per_entry, weights, global_batch)
+        per_entry, weights = supervised_loss.task_loss(logits, examples, task)
+        loss = supervised_loss.global_mean(per_entry, weights, global_batch)
         if optim is not None:
             loss += weight_decay_loss(optim, model)
         scaled = optimizer.scale_loss(loss)
@@ -115,7 +118,7 @@ class BestCheckpoint:
         self.directory = directory
         self.metric = metric
         self.manager = tf.train.CheckpointManager(
-            checkpointing.make_checkpoint(model, global_step=step), directory, max_to_keep=1)
+            native.make_checkpoint(model, global_step=step), directory, max_to_keep=1)
         self.state = self.load_state(directory, metric)
 
     @staticmethod
@@ -187,7 +190,7 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         running.update("loss", outputs["per_entry"], outputs["weights"])
         running.update("supervised_accuracy",
-                       *supervised.task_accuracy(outputs["logits"], examples, task))
+                       *supervised_loss.task_accuracy(outputs["logits"], examples, task))
 
     settings = LoopSettings(
         mode="finetune", model_dir=train.model_dir, total_steps=steps,
@@ -196,14 +199,14 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
         run_steps=train.run_steps)
     trainer = Trainer(strategy, model, optimizer, running, step_fn, settings)
-    record = checkpointing.ModelRecord(model_config, len(names), task, names, source="finetune")
+    record = native.ModelRecord(model_config, len(names), task, names, source="finetune")
     no_best_reason = ("no validation split (--validation_split='')" if not config.validation_split
                       else unlabelled_reason(source, config.validation_split))
     best_dir = os.path.join(train.model_dir, evaluate.BEST_DIR)
     if not no_best_reason:
         BestCheckpoint.load_state(best_dir, best_metric)  # before anything is written
     if not trainer.resume(record) and train.init_checkpoint:
-        logging.info(checkpointing.load_init_weights(
+        logging.info(initial_weights.load_init_weights(
             model, train.init_checkpoint, projection_layers=model_config.ft_proj_selector))
     if trainer.finished:
         return trainer.nothing_to_do()

@@ -1,10 +1,10 @@
 """Readers: case bags and flattened images from a data_prep build, or images from a TFDS data set.
 
-A data_prep build holds one record per case (see `simclr_med.schema`). MICLe reads case bags;
+A data_prep build holds one record per case (see `simclr_med.data.schema`). MICLe reads case bags;
 SimCLR, fine-tuning and evaluation read the flattened images, each carrying its case and patient id.
 Files are interleaved (and shuffled when training); with several input pipelines (multi-worker
 training) each reads a disjoint part: whole files when there are enough, else every n-th record.
-Opening a build checks its shards (`simclr_med.integrity`); the functions that train or evaluate
+Opening a build checks its shards (`simclr_med.data.integrity`); the functions that train or evaluate
 on a `Source` are decorated with `integrity.names_damaged_shards`, which names the shard behind
 a damaged-record error.
 """
@@ -16,7 +16,7 @@ from typing import Callable, Optional, Union
 
 import tensorflow as tf
 
-from simclr_med import integrity, schema
+from simclr_med.data import integrity, schema
 from simclr_med.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from simclr_med import schema
+from simclr_med.data import schema
 
 
 def task_loss(logits: tf.Tensor, batch: dict, task: str) -> tuple[tf.Tensor, tf.Tensor]:

@@ -16,8 +16,8 @@ import keras
 import tensorflow as tf
 
 from simclr_med.config import OptimConfig
-from simclr_med.lars import LARS
-from simclr_med.model import batch_norm_variables
+from simclr_med.models.simclr import batch_norm_variables
+from simclr_med.training.lars import LARS
 
 OPTIMIZERS = ("lars", "momentum", "adam")
 

@@ -1,7 +1,7 @@
 """The ResNet v1 family as SimCLR (v1 and v2) builds it, in Keras 3.
 
 Layer for layer the reference's network, so the official checkpoints load into it
-(`simclr_med.reference_checkpoint`): convolutions without bias and explicit padding for strided
+(`simclr_med.checkpoints.official`): convolutions without bias and explicit padding for strided
 convolutions, zero-initialised gamma in the last BN of every residual branch, a projection shortcut in
 the first block of every group (also group 1, where channel counts may already match), selective
 kernels and the ResNet-D stem and shortcuts when `sk_ratio > 0` (SimCLRv2), and the CIFAR stem (3x3

@@ -28,7 +28,7 @@ from typing import Callable, TypeVar
 import tensorflow as tf
 from absl import logging
 
-from simclr_med import schema
+from simclr_med.data import schema
 from simclr_med.errors import UserError
 
 READ_CHUNK_BYTES = 8 * 2**20

@@ -20,9 +20,9 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from simclr_med import augment, preprocess
 from simclr_med.config import AugmentConfig
-from simclr_med.dataset import AUTOTUNE, Source, epoch_reader, read_images, shuffled_epochs
+from simclr_med.data import augment, preprocess
+from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, read_images, shuffled_epochs
 from simclr_med.errors import UserError
 
 LABEL_FIELDS = ("class_id", "labels", "label_mask")

@@ -38,10 +38,12 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from simclr_med import checkpointing, evaluate, preprocess, schema
+from simclr_med.checkpoints import native
+from simclr_med.data import preprocess, schema
 from simclr_med.errors import UserError
-from simclr_med.model import OutputShape, SimCLRModel, output_shapes, unless_empty
-from simclr_med.predict import (CLASS_NAMES, EMBEDDING, IMAGES, MAX_IMAGE_PIXELS, PROBABILITIES,
+from simclr_med.models.simclr import OutputShape, SimCLRModel, output_shapes, unless_empty
+from simclr_med.stages import evaluate
+from simclr_med.serving import (CLASS_NAMES, EMBEDDING, IMAGES, MAX_IMAGE_PIXELS, PROBABILITIES,
                                 SERVING_DIR, SERVING_SIGNATURE, TASK)
 
 FEATURES_DIR = "features"
@@ -66,7 +68,7 @@ class ExportResult:
     paths: dict[str, str]  # "serving" and/or "features" -> SavedModel folder
 
 
-def has_task_head(record: checkpointing.ModelRecord) -> bool:
+def has_task_head(record: native.ModelRecord) -> bool:
     """Whether the model's supervised head is a task classifier worth serving.
 
     A pretraining run's head is the linear-evaluation probe on stop-gradient features: such a
@@ -79,7 +81,7 @@ def restore_model(model_dir: str, num_classes: int, checkpoint: str = "auto"
                   ) -> tuple[SimCLRModel, str, int]:
     """The model of `model_dir` with `num_classes` outputs (0: no supervised head), restored from
     `checkpoint` (see `evaluate.inference_checkpoint`); returns it, the prefix and the step."""
-    record = checkpointing.ModelRecord.load(model_dir)
+    record = native.ModelRecord.load(model_dir)
     model = SimCLRModel(record.model, num_classes)
     model.build_for_image_size()
     prefix = evaluate.inference_checkpoint(model_dir, checkpoint)
@@ -112,7 +114,7 @@ class FeatureExtractor(_AutoTrackable):
 class Classifier(_AutoTrackable):
     """Encoded images (or preprocessed float images) -> probabilities and embedding."""
 
-    def __init__(self, model: SimCLRModel, record: checkpointing.ModelRecord, assets_dir: str,
+    def __init__(self, model: SimCLRModel, record: native.ModelRecord, assets_dir: str,
                  max_image_pixels: int = MAX_IMAGE_PIXELS):
         super().__init__()
         check_servable(record, max_image_pixels)
@@ -159,7 +161,7 @@ class Classifier(_AutoTrackable):
                 EMBEDDING: tf.cast(outputs["final_avg_pool"], tf.float32)}
 
 
-def check_servable(record: checkpointing.ModelRecord, max_image_pixels: int) -> None:
+def check_servable(record: native.ModelRecord, max_image_pixels: int) -> None:
     if record.task not in (schema.MULTICLASS, schema.MULTILABEL):
         raise UserError(f"cannot serve task {record.task!r}: expected {schema.MULTICLASS} or "
                         f"{schema.MULTILABEL}")
@@ -236,7 +238,7 @@ def save_features(model: SimCLRModel, path: str) -> None:
     tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: inference})
 
 
-def save_serving(model: SimCLRModel, record: checkpointing.ModelRecord, path: str,
+def save_serving(model: SimCLRModel, record: native.ModelRecord, path: str,
                  max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
     with tempfile.TemporaryDirectory() as assets_dir:
         module = Classifier(model, record, assets_dir, max_image_pixels)
@@ -252,7 +254,7 @@ def export(model_dir: str, export_dir: str, checkpoint: str = "auto",
     (refusing images of more than `max_image_pixels`), replacing earlier exports there once the new
     one is complete. `checkpoint`: auto (fine-tuning's best if kept, else the latest), best,
     latest, or a checkpoint prefix or folder."""
-    record = checkpointing.ModelRecord.load(model_dir)
+    record = native.ModelRecord.load(model_dir)
     names = (FEATURES_DIR, SERVING_DIR) if has_task_head(record) else (FEATURES_DIR,)
     if SERVING_DIR in names:
         check_servable(record, max_image_pixels)

@@ -34,7 +34,7 @@ from typing import Callable
 import tensorflow as tf
 
 from simclr_med.config import AugmentConfig
-from simclr_med.preprocess import center_crop_and_resize, resize, to_rgb
+from simclr_med.data.preprocess import center_crop_and_resize, resize, to_rgb
 
 # Every field of AugmentConfig, spelled out per preset so each preset reads on its own.
 PRESETS: dict[str, dict[str, object]] = {

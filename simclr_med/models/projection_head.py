@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from simclr_med.resnet import BatchNormRelu, BatchNormSettings, track_layers
+from simclr_med.models.resnet import BatchNormRelu, BatchNormSettings, track_layers
 
 MODES = ("none", "linear", "nonlinear")
 

@@ -1,7 +1,7 @@
 """The case record: one `tf.train.Example` per patient case (a bag of M >= 1 images).
 
 This module is the single definition of the on-disk format. `data_prep` writes records with
-`encode_case`; the readers in `simclr_med.dataset` parse them with `parse_case`.
+`encode_case`; the readers in `simclr_med.data.reader` parse them with `parse_case`.
 
 Labels belong to images, not to cases: an NIH patient's follow-ups carry different findings.
 Where a source labels the case (a HAM10000 lesion) every image of it carries that label.

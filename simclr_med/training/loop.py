@@ -25,9 +25,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_med import checkpointing
+from simclr_med.checkpoints import native
 from simclr_med.errors import UserError
-from simclr_med.train_metrics import RunningMeans
+from simclr_med.training.running_means import RunningMeans
 
 SUMMARY_FILE = "summary.json"
 FLAGS_FILE = "flags.json"  # the flags of the training run (its latest invocation that trained)
@@ -102,7 +102,7 @@ class Trainer:
         self._step_fn = step_fn
         self.chief = is_chief(strategy)
         self.worker = worker_id(strategy)
-        self.checkpoint = checkpointing.make_checkpoint(model, optimizer, optimizer.iterations)
+        self.checkpoint = native.make_checkpoint(model, optimizer, optimizer.iterations)
         self.manager = self._checkpoint_manager()
         self.damaged: list[dict] = []  # checkpoints set aside by `resume`
         self._writer = None
@@ -137,7 +137,7 @@ class Trainer:
         """Whether the run has reached its last step (nothing is left to train)."""
         return self.step >= self.settings.total_steps
 
-    def resume(self, record: checkpointing.ModelRecord) -> bool:
+    def resume(self, record: native.ModelRecord) -> bool:
         """Resumes from the newest intact checkpoint in `model_dir`; returns whether there was one.
 
         First checks that the folder's checkpoints are of `record`'s model (UserError naming each
@@ -147,7 +147,7 @@ class Trainer:
         be read, UserError and nothing is renamed.
         """
         model_dir = self.settings.model_dir
-        checkpointing.check_same_model(model_dir, record)
+        native.check_same_model(model_dir, record)
         state = tf.train.get_checkpoint_state(model_dir)
         if state is None:
             return False
@@ -155,8 +155,8 @@ class Trainer:
         for prefix in reversed(state.all_model_checkpoint_paths or [state.model_checkpoint_path]):
             try:
                 status = self.checkpoint.restore(prefix)
-            except checkpointing.READ_ERRORS as error:
-                damaged.append((prefix, checkpointing.damage_report(prefix, error)))
+            except native.READ_ERRORS as error:
+                damaged.append((prefix, native.damage_report(prefix, error)))
                 logging.warning("%s; trying the checkpoint before it", damaged[-1][1])
                 continue
             try:
@@ -173,16 +173,16 @@ class Trainer:
 
     def _set_aside(self, damaged: list[tuple[str, str]]) -> None:
         for prefix, report in damaged:
-            renamed = checkpointing.set_aside(prefix) if self.chief else []
+            renamed = native.set_aside(prefix) if self.chief else []
             self.damaged.append({"checkpoint": prefix, "error": report, "renamed_to": renamed})
             logging.warning("set aside the damaged checkpoint %s as %s", prefix,
                             ", ".join(renamed) or "(left to the chief)")
         if damaged and self.chief:
-            checkpointing.forget_checkpoints(self.settings.model_dir,
+            native.forget_checkpoints(self.settings.model_dir,
                                              [prefix for prefix, _ in damaged])
             self.manager = self._checkpoint_manager()
 
-    def begin(self, record: checkpointing.ModelRecord,
+    def begin(self, record: native.ModelRecord,
               flag_values: Optional[dict] = None) -> None:
         """The run will train: the chief writes `model_config.json` and the flags record."""
         if not self.chief:

@@ -21,6 +21,11 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from data_prep.build import build_dataset
+from data_prep.config import BuildConfig
+from data_prep.report import save_json
+from simclr_med.data import schema
+
 CLASSES = ("disc", "ring", "bar", "cross")
 VERSION = 2  # of the cached build: 2 records shard sizes and SHA-256 (the images are as in 1)
 MANIFEST = "metadata.csv"
@@ -98,9 +103,6 @@ def default_build(root: str | None = None, num_workers: int = 1) -> str:
 
     Built in a temporary folder and moved into place, so concurrent first uses are safe.
     """
-    from data_prep.build import build_dataset
-    from data_prep.config import BuildConfig
-
     target = os.path.join(root or cache_dir(), f"synthetic_cases_v{VERSION}")
     if os.path.exists(os.path.join(target, "build", "dataset_info.json")):
         return os.path.join(target, "build")
@@ -124,9 +126,6 @@ def default_build(root: str | None = None, num_workers: int = 1) -> str:
 def _report_final_folder(staging: str, target: str) -> None:
     """Makes the build's report.json name the folders it is moved to, so that the rebuild
     command it records (quoted when a shard is damaged) works there."""
-    from data_prep.report import save_json
-    from simclr_med import schema
-
     path = os.path.join(staging, "build", schema.REPORT_FILE)
     with open(path) as f:
         report = json.load(f)

@@ -14,8 +14,8 @@ import keras
 import tensorflow as tf
 
 from simclr_med.config import ModelConfig
-from simclr_med.projection_head import LinearLayer, ProjectionHead
-from simclr_med.resnet import CIFAR_STEM_MAX_SIZE, BatchNormSettings, ResNet
+from simclr_med.models.projection_head import LinearLayer, ProjectionHead
+from simclr_med.models.resnet import CIFAR_STEM_MAX_SIZE, BatchNormSettings, ResNet
 
 
 class SimCLRModel(keras.Model):

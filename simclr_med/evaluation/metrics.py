@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 from sklearn import metrics as skm
 
-from simclr_med import schema
+from simclr_med.data import schema
 
 TOP_K = 3
 CI_LEVEL = 0.95

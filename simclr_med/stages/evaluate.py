@@ -4,7 +4,7 @@ bootstrap intervals, plots.
 The model comes from a model folder (`model_config.json` + checkpoints: a fine-tuning run, or a
 pretraining run with its linear probe). The data set may be another one than the model was trained
 on (distribution shift): multi-label outputs are matched to the data set's labels through
-`simclr_med.label_mapping` and only the shared labels are evaluated; multi-class data must use
+`simclr_med.evaluation.label_mapping` and only the shared labels are evaluated; multi-class data must use
 (a subset of) the model's classes.
 
 Files written to the output folder (INTERFACE.md): `eval_<split>.json`, `predictions_<split>.csv`,
@@ -23,17 +23,19 @@ import tensorflow as tf
 from absl import logging
 from scipy import special
 
-from simclr_med import checkpointing, label_mapping, metrics, plots, schema
-from simclr_med.dataset import Source
+from simclr_med.checkpoints import native
+from simclr_med.data import schema
+from simclr_med.data.finetune_input import LABEL_FIELDS, evaluation_dataset
+from simclr_med.data.integrity import names_damaged_shards
+from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
-from simclr_med.integrity import names_damaged_shards
-from simclr_med.finetune_input import LABEL_FIELDS, evaluation_dataset
-from simclr_med.model import SimCLRModel, output_shapes, unless_empty
-from simclr_med.trainer import write_json
+from simclr_med.evaluation import label_mapping, metrics, plots
+from simclr_med.models.simclr import SimCLRModel, output_shapes, unless_empty
+from simclr_med.training.loop import write_json
 
 BEST_DIR = "best"  # where fine-tuning keeps its best checkpoint (a complete model folder)
 CHECKPOINT_CHOICES = ("auto", "best", "latest")
-STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"  # checkpointing.make_checkpoint's step
+STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"  # native.make_checkpoint's step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,19 +130,19 @@ def align(model_task: str, model_names: Sequence[str], data: schema.DatasetInfo)
         if unmatched_data:
             raise UserError(f"data set classes {unmatched_data} are not among the model's "
                             f"classes {list(model_names)} (matched through "
-                            "simclr_med.label_mapping): multi-class evaluation needs them all")
+                            "simclr_med.evaluation.label_mapping): multi-class evaluation needs them all")
         return Alignment(model_task, tuple(model_names), tuple(range(len(model_names))),
                          tuple(m.model_index for m in matches), renamed,
                          {"model": unmatched_model, "data": []})
     if not matches:
         raise UserError(f"the model's labels {list(model_names)} and the data set's "
-                        f"{list(data.names)} share none (see simclr_med.label_mapping)")
+                        f"{list(data.names)} share none (see simclr_med.evaluation.label_mapping)")
     return Alignment(model_task, tuple(m.data_name for m in matches),
                      tuple(m.model_index for m in matches), tuple(m.data_index for m in matches),
                      renamed, {"model": unmatched_model, "data": unmatched_data})
 
 
-def class_names(record: checkpointing.ModelRecord, data: schema.DatasetInfo) -> tuple[str, ...]:
+def class_names(record: native.ModelRecord, data: schema.DatasetInfo) -> tuple[str, ...]:
     """The model's class names. A head without names (a converted official checkpoint's, e.g.
     ImageNet's) takes the data set's by position, if the task and the number of classes agree."""
     if record.class_names:
@@ -181,16 +183,16 @@ def inference_checkpoint(model_dir: str, which: str = "auto") -> str:
         latest = tf.train.latest_checkpoint(model_dir)
         chosen = {"auto": best or latest, "best": best, "latest": latest}[which]
     else:
-        chosen = checkpointing.resolve_checkpoint(which)
+        chosen = native.resolve_checkpoint(which)
     if chosen is None:
         raise UserError(f"no {which!r} checkpoint in {model_dir!r}")
     return chosen
 
 
 def load_model(model_dir: str, which: str = "auto") -> tuple[SimCLRModel,
-                                                              checkpointing.ModelRecord, str, int]:
+                                                              native.ModelRecord, str, int]:
     """(model with its supervised head, its record, checkpoint prefix, global step)."""
-    record = checkpointing.ModelRecord.load(model_dir)
+    record = native.ModelRecord.load(model_dir)
     if not record.num_classes:
         raise UserError(f"{model_dir!r} holds a model without a supervised head (a pretraining "
                         "run without labels): fine-tune it first, or use --mode=linear_eval")
@@ -209,9 +211,9 @@ def restore(model: SimCLRModel, prefix: str) -> int:
     that does not fit the model is a UserError too.
     """
     try:
-        status = checkpointing.make_checkpoint(model).restore(prefix)
-    except checkpointing.READ_ERRORS as error:
-        raise UserError(f"{checkpointing.damage_report(prefix, error)}. Choose another checkpoint "
+        status = native.make_checkpoint(model).restore(prefix)
+    except native.READ_ERRORS as error:
+        raise UserError(f"{native.damage_report(prefix, error)}. Choose another checkpoint "
                         "with --eval_checkpoint (best, latest or a ckpt-N prefix), or resume "
                         "the training run, which sets it aside and continues from the one "
                         "before") from error
@@ -228,7 +230,7 @@ def restore(model: SimCLRModel, prefix: str) -> int:
 
 def _does_not_fit(prefix: str, error: Exception) -> UserError:
     return UserError(f"checkpoint {prefix} cannot be restored into the model that "
-                     f"{checkpointing.MODEL_CONFIG_FILE} describes: {error}")
+                     f"{native.MODEL_CONFIG_FILE} describes: {error}")
 
 
 @names_damaged_shards

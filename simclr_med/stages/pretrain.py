@@ -15,16 +15,17 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_med import checkpointing, objective, schedule, supervised
+from simclr_med.checkpoints import initial_weights, native
+from simclr_med.training import contrastive_loss, schedule, supervised_loss
 from simclr_med.config import (AugmentConfig, ModelConfig, OptimConfig, PretrainConfig,
                                TrainConfig)
-from simclr_med.dataset import Source
-from simclr_med.integrity import names_damaged_shards
-from simclr_med.model import SimCLRModel, no_decay_variables
-from simclr_med.optimizers import build_optimizer, weight_decay_loss
-from simclr_med.pretrain_input import PairSpec, pair_dataset
-from simclr_med.train_metrics import RunningMeans
-from simclr_med.trainer import LoopSettings, Trainer, distributed_input, write_json
+from simclr_med.data.integrity import names_damaged_shards
+from simclr_med.data.pretrain_input import PairSpec, pair_dataset
+from simclr_med.data.reader import Source
+from simclr_med.models.simclr import SimCLRModel, no_decay_variables
+from simclr_med.training.loop import LoopSettings, Trainer, distributed_input, write_json
+from simclr_med.training.optimizers import build_optimizer, weight_decay_loss
+from simclr_med.training.running_means import RunningMeans
 
 SAMPLE_VIEWS = 8  # pairs shown in TensorBoard
 
@@ -58,13 +59,13 @@ def contrastive_gradients(model: SimCLRModel, optimizer, pairs: dict, temperatur
     with tf.GradientTape() as tape:
         model_outputs = model(images, training=True)
         z1, z2 = tf.split(model_outputs["proj_head_output"], 2)
-        contrast = objective.nt_xent(z1, z2, temperature)
+        contrast = contrastive_loss.nt_xent(z1, z2, temperature)
         loss = tf.reduce_sum(contrast.per_pair_loss) / global_batch
         if task:
             labels = {k: _both_views(pairs, k) for k in ("class_id", "labels", "label_mask")
                       if k in pairs}
-            sup_loss, weights = supervised.task_loss(model_outputs["logits_sup"], labels, task)
-            loss += supervised.global_mean(sup_loss, weights, 2 * global_batch)  # 2B images
+            sup_loss, weights = supervised_loss.task_loss(model_outputs["logits_sup"], labels, task)
+            loss += supervised_loss.global_mean(sup_loss, weights, 2 * global_batch)  # 2B images
             outputs.update(supervised_loss=sup_loss, weights=weights, labels=labels,
                            logits_sup=model_outputs["logits_sup"])
         if optim is not None:
@@ -115,11 +116,11 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         contrast = outputs["contrast"]
         metrics.update("loss", contrast.per_pair_loss)
-        metrics.update("contrast_accuracy", objective.contrastive_accuracy(contrast))
-        metrics.update("contrast_entropy", objective.contrastive_entropy(contrast))
+        metrics.update("contrast_accuracy", contrastive_loss.contrastive_accuracy(contrast))
+        metrics.update("contrast_entropy", contrastive_loss.contrastive_entropy(contrast))
         if num_classes:
             metrics.update("supervised_loss", outputs["supervised_loss"], outputs["weights"])
-            metrics.update("supervised_accuracy", *supervised.task_accuracy(
+            metrics.update("supervised_accuracy", *supervised_loss.task_accuracy(
                 outputs["logits_sup"], outputs["labels"], task))
 
     settings = LoopSettings(
@@ -129,11 +130,11 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
         images_per_example=2, run_steps=train.run_steps)
     trainer = Trainer(strategy, model, optimizer, metrics, step_fn, settings)
-    record = checkpointing.ModelRecord(model_config, num_classes, task,
+    record = native.ModelRecord(model_config, num_classes, task,
                                        tuple(source.info.names) if num_classes else (),
                                        source="pretrain")
     if not trainer.resume(record) and train.init_checkpoint:
-        logging.info(checkpointing.load_init_weights(model, train.init_checkpoint))
+        logging.info(initial_weights.load_init_weights(model, train.init_checkpoint))
     if trainer.finished:
         return trainer.nothing_to_do()
     trainer.begin(record, flag_values)

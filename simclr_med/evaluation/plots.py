@@ -14,8 +14,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from simclr_med import schema
-from simclr_med.metrics import Targets
+from simclr_med.data import schema
+from simclr_med.evaluation.metrics import Targets
 
 _LEGEND_INSIDE_MAX = 8  # more curves than this: the legend goes beside the axes
 

@@ -5,7 +5,7 @@ images (no augmentation). The probe is scikit-learn's `LogisticRegression` on st
 features: multinomial for multi-class, one binary model per label for multi-label (fitted on the
 label's unmasked entries). k-NN takes the k nearest training images by cosine distance and predicts
 their vote: the fraction of neighbours of each class, or, per label, the mean of the neighbours'
-unmasked labels. Both are scored with the evaluation metrics (`simclr_med.metrics`); k-NN metrics
+unmasked labels. Both are scored with the evaluation metrics (`simclr_med.evaluation.metrics`); k-NN metrics
 carry the prefix `knn/`.
 
 `KnnMonitor` runs the k-NN part at every checkpoint of pretraining (`--monitor=knn`) and returns
@@ -23,14 +23,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
-from simclr_med import checkpointing, evaluate, metrics, schema
+from simclr_med.checkpoints import initial_weights, native
 from simclr_med.config import ModelConfig
-from simclr_med.dataset import Source
+from simclr_med.data import schema
+from simclr_med.data.finetune_input import evaluation_dataset, unlabelled_reason
+from simclr_med.data.integrity import names_damaged_shards
+from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
-from simclr_med.integrity import names_damaged_shards
-from simclr_med.finetune_input import evaluation_dataset, unlabelled_reason
-from simclr_med.model import SimCLRModel
-from simclr_med.trainer import write_json
+from simclr_med.evaluation import metrics
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.stages import evaluate
+from simclr_med.training.loop import write_json
 
 ENDPOINTS = ("final_avg_pool", "proj_head_input", "proj_head_output")
 
@@ -122,9 +125,9 @@ def load_encoder(model_dir: str, init_checkpoint: str, model_config: ModelConfig
     if init_checkpoint:
         model = SimCLRModel(model_config)
         model.build_for_image_size()
-        logging.info(checkpointing.load_init_weights(model, init_checkpoint))
+        logging.info(initial_weights.load_init_weights(model, init_checkpoint))
         return model, init_checkpoint, 0
-    record = checkpointing.ModelRecord.load(model_dir)
+    record = native.ModelRecord.load(model_dir)
     model = SimCLRModel(record.model)
     model.build_for_image_size()
     prefix = evaluate.inference_checkpoint(model_dir, checkpoint)

@@ -7,8 +7,8 @@ For each variable w with gradient g (both flattened):
     w <- w - v            (Nesterov: w <- w - (momentum * v + learning_rate * trust * g))
 Exempt variables get neither the decay nor the trust ratio: pass them to
 `exclude_from_weight_decay(var_list=...)` before the optimizer is built. SimCLR exempts BN
-parameters, biases and the supervised head (`simclr_med.model.no_decay_variables`), whose kernel is
-decayed through an L2 loss term instead (`simclr_med.optimizers.weight_decay_loss`).
+parameters, biases and the supervised head (`simclr_med.models.simclr.no_decay_variables`), whose kernel is
+decayed through an L2 loss term instead (`simclr_med.training.optimizers.weight_decay_loss`).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from typing import Any, Iterable, Optional, Sequence
 import tensorflow as tf
 from google.protobuf import text_format
 
-from simclr_med import reference_checkpoint
 from simclr_med.config import ModelConfig
 from simclr_med.errors import UserError
 
@@ -190,33 +189,3 @@ def forget_checkpoints(directory: str, prefixes: Sequence[str]) -> None:
     with tf.io.gfile.GFile(path + ".tmp", "w") as f:
         f.write(text_format.MessageToString(fresh))
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
-def load_init_weights(model, path: str, projection_layers: Optional[int] = None) -> str:
-    """Starts `model` from another run's backbone and the first `projection_layers` layers of its
-    projection head (None: all of them; 0: none). Optimizer, step and supervised head stay fresh.
-
-    `path` is a model folder of this package (a --model_dir or a convert_checkpoint output), a
-    checkpoint prefix inside one, or an official SimCLR TF2 checkpoint or SavedModel. Returns a
-    description of what was loaded.
-    """
-    if reference_checkpoint.is_reference_checkpoint(path):
-        return str(reference_checkpoint.load_reference_weights(
-            model, path, projection_layers=projection_layers, include_supervised_head=False))
-    prefix = resolve_checkpoint(path)
-    if prefix is None:
-        raise UserError(f"--init_checkpoint {path!r}: no checkpoint found there")
-    folder = path if tf.io.gfile.isdir(path) else os.path.dirname(prefix)
-    source = ModelRecord.load(folder).model
-    differences = architecture_differences(model.config, source)
-    if differences:
-        raise UserError(f"--init_checkpoint {path!r} does not fit the requested model: "
-                        + "; ".join(differences))
-    head_layers = model.projection_head.linear_layers
-    head_layers = head_layers if projection_layers is None else head_layers[:projection_layers]
-    head = tf.train.Checkpoint(**{f"layer{j}": layer for j, layer in enumerate(head_layers)})
-    status = tf.train.Checkpoint(model=tf.train.Checkpoint(
-        resnet=model.resnet, projection_head=head)).restore(prefix)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-    return (f"initialised backbone and {len(head_layers)} projection-head layer(s) from {prefix}")
