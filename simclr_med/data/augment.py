@@ -27,58 +27,21 @@ mean/std normalisation.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Callable
 
 import tensorflow as tf
 
-from simclr_med.config import AugmentConfig
+from simclr_med.config import AUGMENT_PRESETS as PRESETS  # noqa: F401 (this module's name for them)
+from simclr_med.config import ROTATION_FILL_MODES, AugmentConfig
+from simclr_med.config import augment_preset as preset  # noqa: F401
 from simclr_med.data.preprocess import center_crop_and_resize, resize, to_rgb
 
-# Every field of AugmentConfig, spelled out per preset so each preset reads on its own.
-PRESETS: dict[str, dict[str, object]] = {
-    # SimCLR's augmentation (the paper uses it for dermatology).
-    "simclr": dict(crop=True, crop_area_min=0.08, crop_area_max=1.0, crop_aspect_min=3 / 4,
-                   crop_aspect_max=4 / 3, flip=True, color_jitter_strength=1.0,
-                   color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, blur_sigma_min=0.1,
-                   blur_sigma_max=2.0, rotation_degrees=0.0, rotation_fill_mode="reflect"),
-    # The paper's chest X-ray set: random crop, colour jitter of strength 0.5, rotation in
-    # +-45 degrees, horizontal flip, no Gaussian blur. Grayscale conversion is not in the
-    # paper's list (on a radiograph it would be the identity anyway).
-    "cxr": dict(crop=True, crop_area_min=0.08, crop_area_max=1.0, crop_aspect_min=3 / 4,
-                crop_aspect_max=4 / 3, flip=True, color_jitter_strength=0.5,
-                color_jitter_prob=0.8, grayscale_prob=0.0, blur_prob=0.0, blur_sigma_min=0.1,
-                blur_sigma_max=2.0, rotation_degrees=45.0, rotation_fill_mode="reflect"),
-    # The reference's fine-tuning augmentation: random crop and flip, nothing else.
-    "finetune": dict(crop=True, crop_area_min=0.08, crop_area_max=1.0, crop_aspect_min=3 / 4,
-                     crop_aspect_max=4 / 3, flip=True, color_jitter_strength=0.0,
-                     color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
-                     blur_sigma_min=0.1, blur_sigma_max=2.0, rotation_degrees=0.0,
-                     rotation_fill_mode="reflect"),
-    # No augmentation: the largest central square, resized.
-    "none": dict(crop=False, crop_area_min=0.08, crop_area_max=1.0, crop_aspect_min=3 / 4,
-                 crop_aspect_max=4 / 3, flip=False, color_jitter_strength=0.0,
-                 color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, blur_sigma_min=0.1,
-                 blur_sigma_max=2.0, rotation_degrees=0.0, rotation_fill_mode="reflect"),
-}
-
-FILL_MODES = ("reflect", "constant", "nearest", "wrap")
+FILL_MODES = ROTATION_FILL_MODES
 
 # SimCLR's crop sampling: the crop must cover >= 10% of the image, 100 tries, else the full image.
 _CROP_MIN_OBJECT_COVERED = 0.1
 _CROP_MAX_ATTEMPTS = 100
-
-
-def preset(name: str, **overrides: object) -> AugmentConfig:
-    """The AugmentConfig of a named preset, with some fields replaced."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {name!r}; known: {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown AugmentConfig fields {unknown}; known: {sorted(fields)}")
-    return AugmentConfig(**{**PRESETS[name], **overrides})
 
 
 def validate(config: AugmentConfig) -> None:

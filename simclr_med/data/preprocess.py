@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from simclr_med.config import ModelConfig
+
 # SimCLR's (and ImageNet's) standard evaluation crop: keep 87.5% of the shorter side.
-CROP_PROPORTION = 0.875
+CROP_PROPORTION = ModelConfig.eval_crop_proportion
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:

@@ -24,6 +24,7 @@ from absl import logging
 from scipy import special
 
 from simclr_med.checkpoints import native
+from simclr_med.config import EvalConfig
 from simclr_med.data import schema
 from simclr_med.data.finetune_input import LABEL_FIELDS, evaluation_dataset
 from simclr_med.data.integrity import names_damaged_shards
@@ -36,16 +37,6 @@ from simclr_med.training.loop import write_json
 BEST_DIR = "best"  # where fine-tuning keeps its best checkpoint (a complete model folder)
 CHECKPOINT_CHOICES = ("auto", "best", "latest")
 STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"  # native.make_checkpoint's step
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    bootstrap_samples: int = 1000
-    bootstrap_seed: int = 0
-    batch_size: int = 256
-    checkpoint: str = "auto"  # auto (best if kept, else latest) | best | latest | a prefix
-    plots: bool = True
-    output_dir: str = ""  # where the files go; "" = the model folder
 
 
 @dataclasses.dataclass

@@ -32,7 +32,8 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_med.checkpoints import initial_weights, native
-from simclr_med.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
+from simclr_med.config import (AugmentConfig, FinetuneConfig, ModelConfig, OptimConfig,
+                               TrainConfig)
 from simclr_med.data.integrity import names_damaged_shards
 from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
@@ -50,17 +51,6 @@ from simclr_med.training.running_means import RunningMeans
 BEST_STATE_FILE = "best.json"
 NUM_BLOCK_GROUPS = 4
 SAMPLE_IMAGES = 8  # augmented training images shown in TensorBoard
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """What is specific to fine-tuning."""
-
-    label_fraction: float = 1.0  # the stored nested subset of training patients
-    fine_tune_after_block: int = -1  # -1: train all; k >= 0: freeze the stem and k block groups
-    validation_split: str = "validation"  # "" or an empty split: no best-checkpoint selection
-    best_metric: str = ""  # "" = auc_macro (multi-class) / mean_auc (multi-label)
-    eval_batch_size: int = 256
 
 
 def freeze_blocks(model: SimCLRModel, fine_tune_after_block: int) -> None:

@@ -24,7 +24,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 from simclr_med.checkpoints import initial_weights, native
-from simclr_med.config import ModelConfig
+from simclr_med.config import LINEAR_EVAL_ENDPOINTS as ENDPOINTS  # noqa: F401
+from simclr_med.config import LinearEvalConfig, ModelConfig
 from simclr_med.data import schema
 from simclr_med.data.finetune_input import evaluation_dataset, unlabelled_reason
 from simclr_med.data.integrity import names_damaged_shards
@@ -34,27 +35,6 @@ from simclr_med.evaluation import metrics
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate
 from simclr_med.training.loop import write_json
-
-ENDPOINTS = ("final_avg_pool", "proj_head_input", "proj_head_output")
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearEvalConfig:
-    train_split: str = "train"
-    eval_split: str = "validation"
-    label_fraction: float = 1.0  # of the training patients the probe and k-NN learn from
-    endpoint: str = "final_avg_pool"
-    knn_k: int = 20
-    regularization: float = 1.0  # inverse regularisation strength C of the logistic regression
-    max_images: int = 0  # > 0: at most this many images per split (the first in file order)
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.endpoint not in ENDPOINTS:
-            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {self.endpoint!r}")
-        if self.knn_k < 1:
-            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
-
 
 def features(predictor: evaluate.Predictor, source: Source, split: str, image_size: int,
              crop_proportion: float, config: LinearEvalConfig,

@@ -15,11 +15,9 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from simclr_med.config import OptimConfig
+from simclr_med.config import OPTIMIZERS, OptimConfig
 from simclr_med.models.simclr import batch_norm_variables
 from simclr_med.training.lars import LARS
-
-OPTIMIZERS = ("lars", "momentum", "adam")
 
 
 def build_optimizer(config: OptimConfig, learning_rate, exempt: Sequence,

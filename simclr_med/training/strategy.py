@@ -14,10 +14,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from simclr_med.config import StrategyConfig
-
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from simclr_med.config import PRECISIONS, STRATEGIES, StrategyConfig
 
 
 def configure_cpu_devices(count: int) -> None:
