@@ -15,15 +15,22 @@ program's stderr when it is imported; bench scripts, never imported, call it ung
 User errors are `simclr_med.errors.UserError` (and its subclasses), absl's flag errors (an unknown
 flag, a bad enum value, a missing required flag) and `app.UsageError`. Every other exception is a
 bug and keeps its traceback; `--verbosity=1` shows the traceback of a user error too.
+
+A flags module turns its flags into a config dataclass through a `ConfigFlags`: every field is
+read from the flag of its name (or the one `flag_names` gives), and a field without a flag is an
+error (`MissingFlagError`, naming the dataclass and the field) when the command starts, before
+`main` runs, not a field silently left at its default; a field that is deliberately no flag is
+listed in `not_flags`, with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
 import tempfile
-from typing import Callable, NoReturn, TypeVar
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
 from absl import app, flags
 
@@ -93,6 +100,76 @@ def from_flags(make_config: Callable[..., Config], *args, **kwargs) -> Config:
         raise UserError(str(error)) from error
 
 
+class MissingFlagError(LookupError):
+    """A config field that no flag sets: a bug of the flags module (define the flag, or list the
+    field in `not_flags` with the reason), never the user's error."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFlags:
+    """How the flags make one config dataclass.
+
+    `flag_names`: fields whose flag has another name (the others: the field's name).
+    `not_flags`: fields that no flag sets, each with the reason (the caller passes them).
+    `preset_defaults`: the flags default to None and a preset decides the values (augmentation),
+    so their defaults are not the fields' defaults.
+    Every instance is registered: `check_config_flags` (run by `run` before `main`) checks them.
+    """
+
+    config_class: type
+    flag_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    not_flags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    preset_defaults: bool = False
+
+    def __post_init__(self) -> None:
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = sorted((set(self.flag_names) | set(self.not_flags)) - fields)
+        if unknown:
+            raise ValueError(f"{self.config_class.__name__} has no fields {unknown}")
+        _CONFIG_FLAGS.append(self)
+
+    def flag_name(self, field: str) -> str:
+        return self.flag_names.get(field, field)
+
+    def missing(self, flag_values: flags.FlagValues = FLAGS) -> list[str]:
+        """`<Class>.<field> (--<flag>)` of every field that needs a flag and has none."""
+        return [f"{self.config_class.__name__}.{f.name} (--{self.flag_name(f.name)})"
+                for f in dataclasses.fields(self.config_class)
+                if f.name not in self.not_flags and self.flag_name(f.name) not in flag_values]
+
+    def values(self, flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+        """{field: its flag's value} of every field but the `not_flags`."""
+        _raise_if_missing(self.missing(flag_values))
+        return {f.name: flag_values[self.flag_name(f.name)].value
+                for f in dataclasses.fields(self.config_class) if f.name not in self.not_flags}
+
+    def build(self, flag_values: flags.FlagValues = FLAGS, **not_flag_values: Any) -> Any:
+        """The config of the flags' values (and of `not_flag_values` for the `not_flags`, or to
+        replace a flag's value); a value the config refuses is the user's error."""
+        return from_flags(self.config_class, **{**self.values(flag_values), **not_flag_values})
+
+
+_CONFIG_FLAGS: list[ConfigFlags] = []
+
+
+def config_flags() -> list[ConfigFlags]:
+    """Every `ConfigFlags` of the flags modules imported so far."""
+    return list(_CONFIG_FLAGS)
+
+
+def check_config_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Raises `MissingFlagError` naming every config field of the imported flags modules that
+    has no flag."""
+    _raise_if_missing([name for config in _CONFIG_FLAGS for name in config.missing(flag_values)])
+
+
+def _raise_if_missing(missing: list[str]) -> None:
+    if missing:
+        raise MissingFlagError(
+            f"config field(s) without a flag: {', '.join(missing)}; define the flag, or list the "
+            "field in the ConfigFlags' not_flags with the reason")
+
+
 def command_name() -> str:
     """How the user started this process: `data_prep.build` for `python -m data_prep.build`,
     `run.py` for `python run.py`, `simclr_med.predict` also when that shim hands over to
@@ -112,6 +189,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _call(main: Callable[..., object], args: list[str], takes_args: bool) -> object:
+    check_config_flags()  # a bug, not the user's error: outside the try, with its traceback
     try:
         if takes_args:
             return main(args)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from absl import flags
 
-from simclr_med.data import augment
+from simclr_med.config import AUGMENT_PRESETS
 
 flags.DEFINE_string("data_dir", "", "A data_prep build; default: build the NIH subset found "
                     "through SIMCLR_MED_DATA into a temporary folder.")
-flags.DEFINE_enum("augmentation", "cxr", sorted(augment.PRESETS), "Augmentation preset.")
+flags.DEFINE_enum("augmentation", "cxr", sorted(AUGMENT_PRESETS), "Augmentation preset.")
 flags.DEFINE_boolean("use_micle", True, "MICLe pairs (--nouse_micle: SimCLR).")
 flags.DEFINE_integer("resnet_depth", 18, "ResNet depth.")
 flags.DEFINE_integer("image_size", 64, "Input size.")

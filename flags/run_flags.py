@@ -1,77 +1,106 @@
 """Flags of `run.py` and their conversion into the plain config objects the library takes.
 
+Every default and every enum's choices come from `simclr_med.config` (the dataclass field's
+default, the choice tuple next to the field); the help texts are here.
+
 Augmentation parameters default to None: the `--augmentation` preset decides them unless a flag
 sets one explicitly (e.g. `--augmentation=cxr --rotation_degrees=20`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from absl import flags
 
-from flags.entry_point import from_flags
-from simclr_med.data import augment
-from simclr_med.config import (AugmentConfig, DataConfig, ModelConfig, OptimConfig,
-                               PretrainConfig, StrategyConfig, TrainConfig)
+from flags.entry_point import ConfigFlags, from_flags
+from simclr_med.config import (AUGMENT_PRESETS, LEARNING_RATE_SCALINGS, OPTIMIZERS,
+                               PRECISIONS, PROJ_HEAD_MODES, ROTATION_FILL_MODES, STRATEGIES,
+                               AugmentConfig, DataConfig, ModelConfig, OptimConfig,
+                               PretrainConfig, StrategyConfig, TrainConfig, augment_preset)
 
 FLAGS = flags.FLAGS
 
 MODES = ["pretrain", "finetune", "eval", "linear_eval", "train_then_eval", "export"]
+DEFAULT_AUGMENTATION = "simclr"
+
+MODEL = ConfigFlags(ModelConfig)
+OPTIM = ConfigFlags(OptimConfig)
+AUGMENT = ConfigFlags(AugmentConfig, preset_defaults=True)
+STRATEGY = ConfigFlags(StrategyConfig)
+DATA = ConfigFlags(DataConfig)
+TRAIN = ConfigFlags(TrainConfig)
+PRETRAIN = ConfigFlags(PretrainConfig)
 
 flags.DEFINE_enum("mode", "pretrain", MODES, "What to run.")
 flags.DEFINE_string("model_dir", None, "Folder of checkpoints, summaries and results.")
 
 # Data.
-flags.DEFINE_string("data_dir", "", "A data_prep output folder. Without it and without "
-                    "--tfds_dataset, --mode=pretrain uses the built-in synthetic data set; the "
-                    "other modes stop with an error.")
-flags.DEFINE_string("train_split", "train", "Split to train on.")
-flags.DEFINE_string("eval_split", "validation", "Split to evaluate on.")
-flags.DEFINE_string("tfds_dataset", "", "A TFDS image-classification data set (e.g. cifar10).")
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder.")
-flags.DEFINE_integer("shuffle_buffer", 2048, "Shuffle buffer of training examples.")
-flags.DEFINE_boolean("verify_data", False, "Check the SHA-256 of every shard of --data_dir "
-                     "against its dataset_info.json before starting (reads the whole build); "
-                     "without it only the shard sizes are checked.")
+flags.DEFINE_string("data_dir", DataConfig.data_dir, "A data_prep output folder. Without it and "
+                    "without --tfds_dataset, --mode=pretrain uses the built-in synthetic data "
+                    "set; the other modes stop with an error.")
+flags.DEFINE_string("train_split", DataConfig.train_split, "Split to train on.")
+flags.DEFINE_string("eval_split", DataConfig.eval_split, "Split to evaluate on.")
+flags.DEFINE_string("tfds_dataset", DataConfig.tfds_dataset,
+                    "A TFDS image-classification data set (e.g. cifar10).")
+flags.DEFINE_string("tfds_data_dir", DataConfig.tfds_data_dir, "TFDS data folder.")
+flags.DEFINE_integer("shuffle_buffer", TrainConfig.shuffle_buffer,
+                     "Shuffle buffer of training examples.")
+flags.DEFINE_boolean("verify_data", DataConfig.verify_data, "Check the SHA-256 of every shard of "
+                     "--data_dir against its dataset_info.json before starting (reads the "
+                     "whole build); without it only the shard sizes are checked.")
 
 # Model.
-flags.DEFINE_integer("resnet_depth", 50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
-flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier (1-4; fractions for tests).")
-flags.DEFINE_float("sk_ratio", 0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625); 0 = off.")
-flags.DEFINE_integer("image_size", 224, "Input size; up to 32 px uses the CIFAR stem.")
-flags.DEFINE_float("batch_norm_decay", 0.9, "Batch-norm moving-average momentum.")
-flags.DEFINE_float("batch_norm_epsilon", 1e-5, "Batch-norm epsilon.")
-flags.DEFINE_boolean("global_bn", True, "Synchronise batch-norm statistics across replicas.")
-flags.DEFINE_enum("proj_head_mode", "nonlinear", ["none", "linear", "nonlinear"],
+flags.DEFINE_integer("resnet_depth", ModelConfig.resnet_depth,
+                     "ResNet depth: 18, 34, 50, 101, 152 or 200.")
+flags.DEFINE_float("width_multiplier", ModelConfig.width_multiplier,
+                   "Channel width multiplier (1-4; fractions for tests).")
+flags.DEFINE_float("sk_ratio", ModelConfig.sk_ratio,
+                   "Selective-kernel ratio (SimCLRv2 uses 0.0625); 0 = off.")
+flags.DEFINE_integer("image_size", ModelConfig.image_size,
+                     "Input size; up to 32 px uses the CIFAR stem.")
+flags.DEFINE_float("batch_norm_decay", ModelConfig.batch_norm_decay,
+                   "Batch-norm moving-average momentum.")
+flags.DEFINE_float("batch_norm_epsilon", ModelConfig.batch_norm_epsilon, "Batch-norm epsilon.")
+flags.DEFINE_boolean("global_bn", ModelConfig.global_bn,
+                     "Synchronise batch-norm statistics across replicas.")
+flags.DEFINE_enum("proj_head_mode", ModelConfig.proj_head_mode, list(PROJ_HEAD_MODES),
                   "Projection head type.")
-flags.DEFINE_integer("num_proj_layers", 3, "Layers of a nonlinear projection head (paper: 2).")
-flags.DEFINE_integer("proj_out_dim", 128, "Output dimension of the projection head.")
-flags.DEFINE_float("eval_crop_proportion", 0.875, "Evaluation/serving input: central crop of "
-                   "this proportion of the shorter side, resized to --image_size.")
-flags.DEFINE_integer("ft_proj_selector", 0,
+flags.DEFINE_integer("num_proj_layers", ModelConfig.num_proj_layers,
+                     "Layers of a nonlinear projection head (paper: 2).")
+flags.DEFINE_integer("proj_out_dim", ModelConfig.proj_out_dim,
+                     "Output dimension of the projection head.")
+flags.DEFINE_float("eval_crop_proportion", ModelConfig.eval_crop_proportion, "Evaluation/serving "
+                   "input: central crop of this proportion of the shorter side, resized to "
+                   "--image_size.")
+flags.DEFINE_integer("ft_proj_selector", ModelConfig.ft_proj_selector,
                      "Projection-head layer feeding the supervised head (0 = backbone output).")
 
 # Optimisation.
-flags.DEFINE_integer("train_batch_size", 256, "Global batch size (pairs for pretraining).")
-flags.DEFINE_integer("train_steps", 0, "Training steps; 0 derives them from --train_epochs.")
-flags.DEFINE_float("train_epochs", 100, "Training epochs when --train_steps is 0.")
-flags.DEFINE_float("learning_rate", 0.3, "Base learning rate, scaled by --learning_rate_scaling.")
-flags.DEFINE_enum("learning_rate_scaling", "linear", ["linear", "sqrt"],
-                  "linear: lr * batch / 256; sqrt: lr * sqrt(batch).")
-flags.DEFINE_float("warmup_epochs", 10, "Linear warm-up epochs before cosine decay.")
-flags.DEFINE_enum("optimizer", "lars", ["lars", "momentum", "adam"], "Optimizer.")
-flags.DEFINE_float("momentum", 0.9, "Momentum of LARS and momentum SGD.")
-flags.DEFINE_float("weight_decay", 1e-6, "Weight decay, as the reference: LARS decays all but BN "
-                   "parameters, biases and the supervised head; an L2 loss term covers the head's "
-                   "kernel (momentum, adam: every weight but BN parameters).")
-flags.DEFINE_float("lars_trust_coefficient", 0.001, "LARS trust coefficient (eta).")
-flags.DEFINE_float("temperature", 0.1, "NT-Xent temperature.")
+flags.DEFINE_integer("train_batch_size", TrainConfig.train_batch_size,
+                     "Global batch size (pairs for pretraining).")
+flags.DEFINE_integer("train_steps", TrainConfig.train_steps,
+                     "Training steps; 0 derives them from --train_epochs.")
+flags.DEFINE_float("train_epochs", TrainConfig.train_epochs,
+                   "Training epochs when --train_steps is 0.")
+flags.DEFINE_float("learning_rate", OptimConfig.learning_rate,
+                   "Base learning rate, scaled by --learning_rate_scaling.")
+flags.DEFINE_enum("learning_rate_scaling", OptimConfig.learning_rate_scaling,
+                  list(LEARNING_RATE_SCALINGS), "linear: lr * batch / 256; sqrt: lr * sqrt(batch).")
+flags.DEFINE_float("warmup_epochs", OptimConfig.warmup_epochs,
+                   "Linear warm-up epochs before cosine decay.")
+flags.DEFINE_enum("optimizer", OptimConfig.optimizer, list(OPTIMIZERS), "Optimizer.")
+flags.DEFINE_float("momentum", OptimConfig.momentum, "Momentum of LARS and momentum SGD.")
+flags.DEFINE_float("weight_decay", OptimConfig.weight_decay, "Weight decay, as the reference: "
+                   "LARS decays all but BN parameters, biases and the supervised head; an L2 loss "
+                   "term covers the head's kernel (momentum, adam: every weight but BN "
+                   "parameters).")
+flags.DEFINE_float("lars_trust_coefficient", OptimConfig.lars_trust_coefficient,
+                   "LARS trust coefficient (eta).")
+flags.DEFINE_float("temperature", PretrainConfig.temperature, "NT-Xent temperature.")
 
 # MICLe and augmentation.
-flags.DEFINE_boolean("use_micle", False, "MICLe: positive pairs from two different images of a "
-                     "case bag (SimCLR for single-image cases).")
-flags.DEFINE_enum("augmentation", "simclr", sorted(augment.PRESETS),
+flags.DEFINE_boolean("use_micle", PretrainConfig.use_micle, "MICLe: positive pairs from two "
+                     "different images of a case bag (SimCLR for single-image cases).")
+flags.DEFINE_enum("augmentation", DEFAULT_AUGMENTATION, sorted(AUGMENT_PRESETS),
                   "Augmentation preset: simclr (dermatology), cxr (chest X-ray), ...")
 flags.DEFINE_boolean("crop", None, "Random resized crop.")
 flags.DEFINE_float("crop_area_min", None, "Smallest crop area fraction.")
@@ -86,67 +115,61 @@ flags.DEFINE_float("blur_prob", None, "Probability of Gaussian blur (0 = off).")
 flags.DEFINE_float("blur_sigma_min", None, "Smallest blur sigma.")
 flags.DEFINE_float("blur_sigma_max", None, "Largest blur sigma.")
 flags.DEFINE_float("rotation_degrees", None, "Random rotation within +-degrees (0 = off).")
-flags.DEFINE_enum("rotation_fill_mode", None, ["reflect", "constant", "nearest", "wrap"],
+flags.DEFINE_enum("rotation_fill_mode", None, list(ROTATION_FILL_MODES),
                   "How rotation fills the corners.")
-flags.DEFINE_boolean("lineareval_while_pretraining", True,
+flags.DEFINE_boolean("lineareval_while_pretraining", PretrainConfig.lineareval_while_pretraining,
                      "Train a linear probe on stop-gradient features while pretraining.")
 
 # Loop, checkpoints, transfer.
-flags.DEFINE_integer("steps_per_loop", 10, "Steps per tf.function call (between log lines).")
-flags.DEFINE_integer("checkpoint_steps", 0, "Checkpoint every N steps; 0 = once per epoch.")
-flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints to keep.")
-flags.DEFINE_integer("run_steps", 0, "Stop this invocation after N steps (for time-limited "
-                     "jobs; run again to continue); 0 = run to the end.")
-flags.DEFINE_string("init_checkpoint", "", "Start from these weights: a model folder of this "
-                    "package, or an official SimCLR TF2 checkpoint.")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
-flags.DEFINE_boolean("deterministic", False, "Deterministic TF ops (bit-reproducible, slower).")
+flags.DEFINE_integer("steps_per_loop", TrainConfig.steps_per_loop,
+                     "Steps per tf.function call (between log lines).")
+flags.DEFINE_integer("checkpoint_steps", TrainConfig.checkpoint_steps,
+                     "Checkpoint every N steps; 0 = once per epoch.")
+flags.DEFINE_integer("keep_checkpoint_max", TrainConfig.keep_checkpoint_max,
+                     "Checkpoints to keep.")
+flags.DEFINE_integer("run_steps", TrainConfig.run_steps, "Stop this invocation after N steps (for "
+                     "time-limited jobs; run again to continue); 0 = run to the end.")
+flags.DEFINE_string("init_checkpoint", TrainConfig.init_checkpoint, "Start from these weights: a "
+                    "model folder of this package, or an official SimCLR TF2 checkpoint.")
+flags.DEFINE_integer("seed", TrainConfig.seed,
+                     "Seed of initialisation, shuffling and augmentation.")
+flags.DEFINE_boolean("deterministic", TrainConfig.deterministic,
+                     "Deterministic TF ops (bit-reproducible, slower).")
 
 # Scale.
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
-                  "Distribution strategy.")
-flags.DEFINE_string("tpu", "", "TPU address or name for --strategy=tpu.")
-flags.DEFINE_integer("num_cpu_devices", 0, "mirrored: replicate over N logical CPU devices (even "
-                     "where there are GPUs).")
-flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+flags.DEFINE_enum("strategy", StrategyConfig.strategy, list(STRATEGIES), "Distribution strategy.")
+flags.DEFINE_string("tpu", StrategyConfig.tpu, "TPU address or name for --strategy=tpu.")
+flags.DEFINE_integer("num_cpu_devices", StrategyConfig.num_cpu_devices, "mirrored: replicate "
+                     "over N logical CPU devices (even where there are GPUs).")
+flags.DEFINE_enum("precision", StrategyConfig.precision, list(PRECISIONS),
                   "Computation precision.")
 
 
-def _fields(config_class) -> dict:
-    return {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_class)
-            if f.name in FLAGS}
-
-
-def _config(config_class):
-    """The `config_class` of the flags named like its fields."""
-    return from_flags(config_class, **_fields(config_class))
-
-
 def model_config() -> ModelConfig:
-    return _config(ModelConfig)
+    return MODEL.build()
 
 
 def optim_config() -> OptimConfig:
-    return _config(OptimConfig)
+    return OPTIM.build()
 
 
 def augment_config(preset: str = "") -> AugmentConfig:
     """The `preset` (default: --augmentation) with the augmentation flags that are set."""
-    overrides = {k: v for k, v in _fields(AugmentConfig).items() if v is not None}
-    return from_flags(augment.preset, preset or FLAGS.augmentation, **overrides)
+    overrides = {k: v for k, v in AUGMENT.values().items() if v is not None}
+    return from_flags(augment_preset, preset or FLAGS.augmentation, **overrides)
 
 
 def strategy_config() -> StrategyConfig:
-    return _config(StrategyConfig)
+    return STRATEGY.build()
 
 
 def data_config() -> DataConfig:
-    return _config(DataConfig)
+    return DATA.build()
 
 
 def train_config() -> TrainConfig:
-    return _config(TrainConfig)
+    return TRAIN.build()
 
 
 def pretrain_config() -> PretrainConfig:
-    return _config(PretrainConfig)
+    return PRETRAIN.build()
