@@ -7,6 +7,8 @@ from typing import Optional
 
 from absl import flags
 
+from flags.entry_point import ConfigFlags
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("source", None, "An official SimCLR TF2 checkpoint: a SavedModel folder "
@@ -27,5 +29,8 @@ class ConvertArgs:
     image_size: Optional[int]  # None: the stem's default
 
 
+CONVERT = ConfigFlags(ConvertArgs)
+
+
 def convert_args() -> ConvertArgs:
-    return ConvertArgs(FLAGS.source, FLAGS.output_dir, FLAGS.image_size or None)
+    return CONVERT.build(image_size=FLAGS.image_size or None)
