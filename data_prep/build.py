@@ -40,7 +40,6 @@ from data_prep.report import Ledger, format_summary, save_json
 from simclr_med.data import schema
 from simclr_med.errors import UserError
 
-LABEL_FRACTIONS_FILE = "label_fractions.json"
 SPLITS = (splits.TRAIN, splits.VALIDATION, splits.TEST)
 
 
@@ -107,7 +106,7 @@ def build_dataset(config: BuildConfig) -> dict:
     schema.DatasetInfo(task=source.task, names=list(source.names), split_counts=split_counts,
                        source_format=config.format, shards=shards).save(config.output_dir)
     save_json(_label_fractions(cases, tallies[splits.TRAIN], config.split_seed),
-              f"{config.output_dir}/{LABEL_FRACTIONS_FILE}")
+              f"{config.output_dir}/{schema.LABEL_FRACTIONS_FILE}")
     report = ledger.report(
         {split: {**split_counts[split], "unlabelled_images": tallies[split].unlabelled_images}
          for split in SPLITS},

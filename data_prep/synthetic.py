@@ -104,7 +104,7 @@ def default_build(root: str | None = None, num_workers: int = 1) -> str:
     Built in a temporary folder and moved into place, so concurrent first uses are safe.
     """
     target = os.path.join(root or cache_dir(), f"synthetic_cases_v{VERSION}")
-    if os.path.exists(os.path.join(target, "build", "dataset_info.json")):
+    if os.path.exists(os.path.join(target, "build", schema.DATASET_INFO_FILE)):
         return os.path.join(target, "build")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     staging = tempfile.mkdtemp(prefix="synthetic_", dir=os.path.dirname(target))

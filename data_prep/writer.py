@@ -19,8 +19,8 @@ import tensorflow as tf
 from simclr_med.data import integrity, schema
 from simclr_med.errors import UserError
 
-_BUILD_FILES = ("*-of-*.tfrecord", ".*.tfrecord.incomplete", schema.DATASET_INFO_FILE,
-                schema.REPORT_FILE, "label_fractions.json")
+_BUILD_FILES = (schema.shard_glob(), schema.INCOMPLETE_SHARDS, schema.DATASET_INFO_FILE,
+                schema.REPORT_FILE, schema.LABEL_FRACTIONS_FILE)
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -63,7 +63,7 @@ class ShardedWriter:
 
     def _next_shard(self) -> None:
         self._close()
-        path = f"{self._output_dir}/.{self._split}-{len(self._paths):05d}.tfrecord.incomplete"
+        path = f"{self._output_dir}/{schema.incomplete_shard_name(self._split, len(self._paths))}"
         self._paths.append(path)
         self._writer = tf.io.TFRecordWriter(path)
         self._shard_bytes = 0

@@ -21,12 +21,12 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_med.config import AugmentConfig
-from simclr_med.data import augment, preprocess
+from simclr_med.data import augment, preprocess, schema
 from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, read_images, shuffled_epochs
 from simclr_med.errors import UserError
 
 LABEL_FIELDS = ("class_id", "labels", "label_mask")
-LABEL_FRACTIONS_FILE = "label_fractions.json"  # written by data_prep next to dataset_info.json
+LABEL_FRACTIONS_FILE = schema.LABEL_FRACTIONS_FILE  # written by data_prep beside dataset_info.json
 
 
 @dataclasses.dataclass(frozen=True)

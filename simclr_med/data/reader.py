@@ -70,7 +70,7 @@ def shard_files(data_dir: str, split: str) -> list[str]:
     files = schema.shard_paths(data_dir, split)
     if not files:
         raise UserError(f"no TFRecord shards for split {split!r} in {data_dir!r} "
-                        f"(expected {split}-NNNNN-of-MMMMM.tfrecord)")
+                        f"(expected {schema.shard_name_form(split)})")
     return files
 
 

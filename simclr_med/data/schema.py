@@ -142,8 +142,15 @@ def parse_case(serialized: tf.Tensor, num_labels: int = 0) -> dict[str, tf.Tenso
     return case
 
 
+# The files of a build besides its shards (every name of the on-disk format is defined here).
 DATASET_INFO_FILE = "dataset_info.json"
 REPORT_FILE = "report.json"  # data_prep's account of the build, with the command that made it
+LABEL_FRACTIONS_FILE = "label_fractions.json"  # the training patients of each label fraction
+# Shards: `<split>-NNNNN-of-MMMMM.tfrecord` (`shard_name`); while data_prep writes them,
+# `.<split>-NNNNN.tfrecord.incomplete` (`incomplete_shard_name`), which no reader takes for one.
+SHARD_SUFFIX = ".tfrecord"
+INCOMPLETE_SUFFIX = ".incomplete"
+INCOMPLETE_SHARDS = f".*{SHARD_SUFFIX}{INCOMPLETE_SUFFIX}"  # glob of every incomplete shard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,9 +226,14 @@ class DatasetInfo:
             return cls.from_json(json.load(f))
 
 
+def shard_glob(split: str = "*") -> str:
+    """Glob of the names of one split's shards (default: of every split's)."""
+    return f"{split}-*-of-*{SHARD_SUFFIX}"
+
+
 def shard_pattern(directory: str, split: str) -> str:
     """Glob of the TFRecord shards `<split>-NNNNN-of-MMMMM.tfrecord` of one split."""
-    return f"{directory}/{split}-*-of-*.tfrecord"
+    return f"{directory}/{shard_glob(split)}"
 
 
 def shard_paths(directory: str, split: str) -> list[str]:
@@ -230,4 +242,14 @@ def shard_paths(directory: str, split: str) -> list[str]:
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+    return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def shard_name_form(split: str) -> str:
+    """How the shards of `split` are named, for messages: `<split>-NNNNN-of-MMMMM.tfrecord`."""
+    return f"{split}-NNNNN-of-MMMMM{SHARD_SUFFIX}"
+
+
+def incomplete_shard_name(split: str, index: int) -> str:
+    """The name of a shard data_prep is still writing (renamed to `shard_name` at the end)."""
+    return f".{split}-{index:05d}{SHARD_SUFFIX}{INCOMPLETE_SUFFIX}"
