@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
-from simclr_med.checkpoints import initial_weights, native
+from simclr_med.checkpoints import initial_weights, trained_model
 from simclr_med.config import ModelConfig
 from simclr_med.data import schema
 from simclr_med.data.finetune_input import evaluation_dataset, unlabelled_reason
@@ -127,11 +127,8 @@ def load_encoder(model_dir: str, init_checkpoint: str, model_config: ModelConfig
         model.build_for_image_size()
         logging.info(initial_weights.load_init_weights(model, init_checkpoint))
         return model, init_checkpoint, 0
-    record = native.ModelRecord.load(model_dir)
-    model = SimCLRModel(record.model)
-    model.build_for_image_size()
-    prefix = evaluate.inference_checkpoint(model_dir, checkpoint)
-    return model, prefix, evaluate.restore(model, prefix)
+    loaded = trained_model.load(model_dir, checkpoint, num_classes=0)
+    return loaded.model, loaded.checkpoint, loaded.step
 
 
 def require_labels(source: Source, split: str, purpose: str) -> None:
