@@ -15,7 +15,7 @@ PINNED_PYTHON  := $(if $(CONSTRAINTS),$(shell sed -n \
   '1,5s/.* on Python \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' $(CONSTRAINTS) | head -n 1))
 PINS := $(if $(filter $(PYTHON_VERSION),$(PINNED_PYTHON)),--constraint $(CONSTRAINTS))
 
-.PHONY: install test upgrade demo bench clean
+.PHONY: install test test-fast upgrade demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
@@ -42,6 +42,12 @@ PYTEST := -m pytest -q --timeout=900 -n $(PYTEST_WORKERS)
 test: $(STAMP)
 	@$(PY) -c $(VERSIONS)
 	$(PY) $(PYTEST)
+
+# The edit-test loop: the whole suite but the tests that start processes or train for long
+# (markers subprocess, multiprocess, slow; see tests/conftest.py). CI runs `make test`.
+test-fast: $(STAMP)
+	@$(PY) -c $(VERSIONS)
+	$(PY) $(PYTEST) -m 'not slow and not multiprocess and not subprocess'
 
 # Renews CONSTRAINTS: installs the newest versions setup.cfg allows into a scratch venv, runs the
 # whole suite there and writes the pins only if it passes (else the scratch venv stays for a look).

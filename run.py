@@ -1,7 +1,26 @@
 """simclr-med's command line: `python run.py --mode=pretrain --model_dir=DIR [...]`.
 
 Flags: flags/run_flags.py (and `python run.py --helpfull`). Commands, flags and output files are
-described in the README.
+described in the README. The pipeline, stage by stage (DIR = --model_dir, DATA = a data_prep
+build's `dataset_info.json` and shards, or a TFDS data set):
+
+  --mode         function (simclr_med.stages.)  reads                        writes
+  pretrain       pretrain.pretrain              DATA (or the synthetic set),  DIR: ckpt-N, checkpoint,
+                 (SimCLR; MICLe: --use_micle)   --init_checkpoint             model_config.json, flags.json,
+                                                                              summary.json, TensorBoard
+  finetune       finetune.finetune              DATA's label_fractions.json   the same, and DIR/best/
+                                                subset, --init_checkpoint     (best.json)
+  eval           evaluate.evaluate              DIR (best/ or latest), DATA   eval_<split>.json,
+                                                                              predictions_<split>.csv,
+                                                                              roc/confusion PNGs
+  linear_eval    linear_eval.linear_eval        DIR or --init_checkpoint,     linear_eval_<split>.json
+                                                DATA
+  train_then_eval  finetune, then evaluate      as both                       as both
+  export         export.export                  DIR (best/ or latest)         --export_dir: features/,
+                                                                              serving/ SavedModels
+
+Every mode also appends to DIR/flags_history.jsonl. Building DATA is `python -m data_prep.build`;
+serving an export, `python -m simclr_med.predict`.
 """
 
 from __future__ import annotations

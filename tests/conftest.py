@@ -3,10 +3,15 @@
 Tests of the real data sets and of the reference checkpoints skip where those are missing (a clone
 without ../shared); with SIMCLR_MED_REQUIRE_DATA=1 (as `.ci/run` sets it) a missing one is an
 error instead, so CI cannot pass by skipping them.
+
+A test that starts a Python process (a command line, a fresh TensorFlow, a cluster of workers)
+is marked `subprocess`; `make test-fast` leaves those out, with the `slow` and `multiprocess`
+ones. The mark is checked: an unmarked test that starts a process fails, naming itself.
 """
 
 import os
 import pathlib
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +28,44 @@ REQUIRE_DATA = "SIMCLR_MED_REQUIRE_DATA"
 
 # Every test process sees two logical CPU devices, so multi-replica code paths run for real.
 strategy.configure_cpu_devices(2)
+
+
+class UnmarkedSubprocess(AssertionError):
+    pass
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _processes_refused_unless_marked(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _processes_refused_unless_marked(item):
+        return (yield)
+
+
+class _processes_refused_unless_marked:
+    """While an unmarked test (and the fixtures it sets up) runs, `subprocess.Popen` raises."""
+
+    def __init__(self, item):
+        self.item = item
+
+    def __enter__(self):
+        self.original = subprocess.Popen.__init__
+        if not any(self.item.get_closest_marker(m) for m in ("subprocess", "multiprocess")):
+            nodeid = self.item.nodeid
+
+            def refuse(popen, *args, **kwargs):
+                raise UnmarkedSubprocess(f"{nodeid} starts a process: mark it "
+                                         "@pytest.mark.subprocess (make test-fast leaves it out)")
+
+            subprocess.Popen.__init__ = refuse
+
+    def __exit__(self, *exc):
+        subprocess.Popen.__init__ = self.original
+        return False
 
 
 def skip_unless_required(reason: str) -> None:

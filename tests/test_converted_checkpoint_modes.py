@@ -62,6 +62,7 @@ def exported(converted, tmp_path_factory) -> tuple[pathlib.Path, str]:
     return export_dir, completed.stdout
 
 
+@pytest.mark.subprocess
 def test_export_gives_the_reference_features(exported, fixture_dir):
     export_dir, stdout = exported
     assert "(step 0)" in stdout  # a converted checkpoint has no training step
@@ -73,6 +74,7 @@ def test_export_gives_the_reference_features(exported, fixture_dir):
         _close_to_reference(value.numpy(), expected[key])
 
 
+@pytest.mark.subprocess
 def test_export_serves_the_reference_head(exported, fixture_dir):
     """The head's classes have no names: served as 0..9, softmax of the reference's logits."""
     serving = tf.saved_model.load(str(exported[0] / "serving"))
@@ -123,6 +125,7 @@ def _ten_class_build(root: pathlib.Path) -> pathlib.Path:
     return root / "build"
 
 
+@pytest.mark.subprocess
 def test_evaluation_of_the_converted_head(converted, exported, tmp_path):
     """The unnamed classes are evaluated as the data set's classes in order; the probabilities are
     those the exported serving model gives the same image bytes."""

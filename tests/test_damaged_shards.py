@@ -19,13 +19,14 @@ import pytest
 import tensorflow as tf
 
 from data_prep.config import BuildConfig
-from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+from simclr_med.config import OptimConfig, PretrainConfig, TrainConfig
 from simclr_med.data import augment, schema
 from simclr_med.data.integrity import DamagedBuildError, names_damaged_shards
 from simclr_med.data.reader import open_build
 from simclr_med.errors import UserError
 from simclr_med.stages import evaluate
 from simclr_med.stages.pretrain import pretrain
+from tests.tiny import TINY
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_SHARD = "train-00000-of-00001.tfrecord"
@@ -76,6 +77,7 @@ def test_the_synthetic_build_records_a_command_that_names_its_final_folders(synt
     assert os.path.isfile(words["--manifest"]) and os.path.isdir(words["--image_root"])
 
 
+@pytest.mark.subprocess
 def test_the_recorded_command_gives_the_same_build_config(tmp_path):
     """`BuildConfig.command_line()` (report.json's `command`) parsed by data_prep.build's own flags
     (in a process without TensorFlow) is the same config, paths made absolute."""
@@ -162,7 +164,7 @@ def test_training_and_evaluation_stop_naming_the_damaged_shard(build_copy, tmp_p
     train = TrainConfig(model_dir=str(model_dir), train_batch_size=8, train_steps=100,
                         steps_per_loop=5, checkpoint_steps=5, shuffle_buffer=8)
     with pytest.raises(DamagedBuildError) as raised:
-        pretrain(ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32),
+        pretrain(TINY,
                  OptimConfig(optimizer="adam", learning_rate=1e-3), augment.preset("simclr"),
                  source, train, PretrainConfig(), tf.distribute.get_strategy())
     [problem] = raised.value.problems

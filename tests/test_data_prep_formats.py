@@ -229,6 +229,7 @@ def test_view_strings_are_safe():
     assert formats.view_string([("a b", "x;y=z"), ("c", " "), ("d", "e")]) == "a_b=x_y_z;d=e"
 
 
+@pytest.mark.subprocess
 def test_chexpert_from_the_command_line_matches_the_library(tmp_path):
     """The CLI on a CheXpert-layout folder of JPEGs; a second process gives the same bytes."""
     import subprocess

@@ -5,13 +5,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_med.config import ModelConfig, OptimConfig
+from simclr_med.config import OptimConfig
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages.pretrain import contrastive_gradients
+from tests.tiny import tiny
 from test_objective import numpy_nt_xent
 
 GLOBAL_BATCH = 8
-CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32, global_bn=True)
+CONFIG = tiny(global_bn=True)
 # float32, summed in another order. Synchronised BN computes the variance as E[x^2] - E[x]^2 over
 # replicas, which loses a few digits on uncentred inputs (the stem): measured relative L2 errors of
 # the gradients are <= 2.3e-4 (stem, group 1) and ~1e-5 elsewhere.

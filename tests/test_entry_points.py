@@ -15,6 +15,8 @@ from data_prep.config import BuildConfig
 from flags import entry_point
 from simclr_med.errors import UserError
 
+pytestmark = pytest.mark.subprocess  # every test here runs a command line or a fresh process
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # TensorFlow 2.21's start-up notices on a CPU with AVX-512 (absl's pre-init banner, then INFO).

@@ -13,6 +13,7 @@ from matplotlib import image as mpimg
 from sklearn import metrics as skm
 
 from data_prep.formats import CHEXPERT_OBSERVATIONS, HAM10000_CLASSES, NIH_FINDINGS
+from simclr_med.checkpoints import trained_model
 from simclr_med.data import schema
 from simclr_med.errors import UserError
 from simclr_med.evaluation import label_mapping, metrics, plots
@@ -142,11 +143,11 @@ def _save_checkpoint(directory, step: int) -> str:
 
 def test_evaluation_uses_the_best_checkpoint_when_fine_tuning_kept_one(tmp_path):
     latest = _save_checkpoint(tmp_path, 10)
-    assert evaluate.inference_checkpoint(str(tmp_path)) == latest
-    best = _save_checkpoint(tmp_path / evaluate.BEST_DIR, 4)
-    assert evaluate.inference_checkpoint(str(tmp_path)) == best
-    assert evaluate.inference_checkpoint(str(tmp_path), "best") == best
-    assert evaluate.inference_checkpoint(str(tmp_path), "latest") == latest
-    assert evaluate.inference_checkpoint(str(tmp_path), latest) == latest
+    assert trained_model.inference_checkpoint(str(tmp_path)) == latest
+    best = _save_checkpoint(tmp_path / trained_model.BEST_DIR, 4)
+    assert trained_model.inference_checkpoint(str(tmp_path)) == best
+    assert trained_model.inference_checkpoint(str(tmp_path), "best") == best
+    assert trained_model.inference_checkpoint(str(tmp_path), "latest") == latest
+    assert trained_model.inference_checkpoint(str(tmp_path), latest) == latest
     with pytest.raises(UserError, match="no 'best' checkpoint"):
-        evaluate.inference_checkpoint(str(tmp_path / "empty"), "best")
+        trained_model.inference_checkpoint(str(tmp_path / "empty"), "best")

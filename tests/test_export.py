@@ -30,7 +30,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data_prep import synthetic
-from simclr_med.checkpoints import native
+from simclr_med.checkpoints import native, trained_model
 from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
 from simclr_med.data import augment, preprocess, schema
 from simclr_med.data.reader import open_build, read_images
@@ -38,6 +38,10 @@ from simclr_med.errors import UserError
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate, export
 from simclr_med.stages.finetune import FinetuneConfig, finetune
+from tests.tiny import TINY, tiny
+
+# The module's fixtures export models with run.py and check them in fresh processes.
+pytestmark = pytest.mark.subprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
@@ -55,12 +59,11 @@ BOMB_SIDE = 40_000  # a PNG claiming 40000 x 40000 pixels: 1.6 Gpx, 6.4 GB as fl
 # latest one), a fine-tuned multi-label model with the ImageNet stem and another crop, and a
 # pretraining run without classes.
 MODELS = {
-    "multiclass": dict(config=ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32),
+    "multiclass": dict(config=TINY,
                        task=schema.MULTICLASS, names=HAM_CLASSES, source="finetune"),
-    "multilabel": dict(config=ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=40,
-                                          eval_crop_proportion=0.8),
+    "multilabel": dict(config=tiny(image_size=40, eval_crop_proportion=0.8),
                        task=schema.MULTILABEL, names=NIH_LABELS, source="finetune"),
-    "pretrain": dict(config=ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32),
+    "pretrain": dict(config=TINY,
                      task="", names=(), source="pretrain"),
 }
 
@@ -168,7 +171,7 @@ for trainable in (False, True):
 
 from simclr_med.stages import evaluate  # evaluation's Predictor, on a model folder
 
-model = evaluate.load_model(job["model_dir"])[0]
+model = evaluate.load_classifier(job["model_dir"]).model
 images = tf.random.stateless_uniform([3] + job["pixels_shape"], seed=[0, 1])
 batches = [{"image": images[:rows], "image_id": tf.constant(["x"] * rows, tf.string),
             "patient_id": tf.constant(["p"] * rows, tf.string)} for rows in (0, 3, 0)]
@@ -241,8 +244,8 @@ def _make_model_dir(directory: pathlib.Path, images: list[pathlib.Path], config:
     if source == "finetune":
         _randomize(model, 2, pixels)
         native.ModelRecord(config, len(names), task, names, source).save(
-            str(directory / evaluate.BEST_DIR))
-        _save_checkpoint(model, directory / evaluate.BEST_DIR, BEST_STEP)
+            str(directory / trained_model.BEST_DIR))
+        _save_checkpoint(model, directory / trained_model.BEST_DIR, BEST_STEP)
 
 
 def _encode(array: np.ndarray, format: str, **options) -> bytes:
@@ -333,7 +336,7 @@ def exported(images, tmp_path_factory) -> dict[str, tuple[pathlib.Path, pathlib.
     # export must prefer fine-tuning's best checkpoint
     assert f"step {BEST_STEP}" in completed.stdout and "serving" in completed.stdout
     model_dir, export_dir = folders["multilabel"]
-    model, _, _ = export.restore_model(str(model_dir), len(NIH_LABELS))
+    model = trained_model.load(str(model_dir), num_classes=len(NIH_LABELS)).model
     export.save_serving(model, native.ModelRecord.load(str(model_dir)),
                         str(export_dir / "serving"))
     model_dir, export_dir = folders["pretrain"]
@@ -347,7 +350,8 @@ def exported(images, tmp_path_factory) -> dict[str, tuple[pathlib.Path, pathlib.
 def _evaluation_path(model_dir: pathlib.Path, images: list[pathlib.Path]) -> dict[str, np.ndarray]:
     """What evaluation computes: its model loader, `preprocess_for_eval` image by image, the
     Keras model in inference mode, `evaluate.probabilities`."""
-    model, record, _, _ = evaluate.load_model(str(model_dir))
+    loaded = evaluate.load_classifier(str(model_dir))
+    model, record = loaded.model, loaded.record
     pixels = _eval_pixels(images, record.model)
     outputs = model(pixels, training=False)
     return {"pixels": pixels.numpy(),
@@ -363,7 +367,7 @@ def fresh_process(exported, images, oversized, tmp_path_factory) -> dict:
     references = {}
     for name in ("multiclass", "multilabel"):
         references[name] = _evaluation_path(exported[name][0], images)
-    features_model, _, _ = export.restore_model(str(exported["pretrain"][0]), 0)
+    features_model = trained_model.load(str(exported["pretrain"][0]), num_classes=0).model
     pixels = references["multiclass"]["pixels"]
     references["pretrain"] = {"pixels": pixels, **{
         f"features/{k}": v.numpy() for k, v in features_model(pixels, training=False).items()}}
@@ -505,7 +509,7 @@ def test_failed_export_keeps_the_earlier_export(earlier_export):
     record = native.ModelRecord.load(str(model_dir))
     wider = dataclasses.replace(record, model=dataclasses.replace(record.model,
                                                                   width_multiplier=0.5))
-    for folder in (model_dir, model_dir / evaluate.BEST_DIR):
+    for folder in (model_dir, model_dir / trained_model.BEST_DIR):
         wider.save(str(folder))
     with pytest.raises(UserError, match="cannot be restored into the model"):
         export.export(str(model_dir), str(export_dir))
@@ -565,9 +569,10 @@ def test_features_fine_tune_with_gradients(fresh_process):
 
 def test_explicit_checkpoint_choice(exported):
     model_dir = str(exported["multiclass"][0])
-    assert export.restore_model(model_dir, 0, "latest")[2] == LATEST_STEP
-    best = evaluate.inference_checkpoint(model_dir, "auto")
-    assert export.restore_model(model_dir, 0, best)[1:] == (best, BEST_STEP)
+    assert trained_model.load(model_dir, "latest", num_classes=0).step == LATEST_STEP
+    best = trained_model.inference_checkpoint(model_dir, "auto")
+    loaded = trained_model.load(model_dir, best, num_classes=0)
+    assert (loaded.checkpoint, loaded.step) == (best, BEST_STEP)
 
 
 def _printed_predictions(output: str) -> dict[str, list[tuple[str, float]]]:
@@ -610,7 +615,7 @@ def test_real_fine_tuning_run_serves_its_evaluation_predictions(ham_build, tmp_p
     probabilities of evaluation's predictions_test.csv (which went through tf.data batches)."""
     model_dir = tmp_path / "run"
     source = open_build(str(ham_build))
-    finetune(ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32),
+    finetune(TINY,
              OptimConfig(optimizer="adam", learning_rate=1e-3, learning_rate_scaling="sqrt",
                          warmup_epochs=0),
              augment.preset("finetune"), source,

@@ -20,6 +20,7 @@ import tensorflow as tf
 from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
 from simclr_med.checkpoints import native
+from simclr_med.checkpoints import trained_model
 from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
 from simclr_med.data import augment
 from simclr_med.data.finetune_input import count_training_images, evaluation_dataset
@@ -28,10 +29,10 @@ from simclr_med.errors import UserError
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate
 from simclr_med.stages.finetune import FinetuneConfig, finetune
+from tests.tiny import tiny
 
 # ResNet-18 at width 0.25 on 64 px inputs (ImageNet stem: 16x16 maps after it), Adam.
-SMALL = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=64,
-                    eval_crop_proportion=1.0)
+SMALL = tiny(image_size=64, eval_crop_proportion=1.0)
 ADAM = OptimConfig(optimizer="adam", learning_rate=1e-3, learning_rate_scaling="sqrt",
                    warmup_epochs=0, weight_decay=1e-4)
 CROP_AND_FLIP = augment.preset("finetune", crop_area_min=0.5)
@@ -80,7 +81,7 @@ def test_ham_model_beats_chance_with_its_interval_and_writes_every_file(ham_run)
     assert result["num_patients"] == 206  # HAM10000 patients are lesions
 
     # Which checkpoint serves: the best by validation auc_macro, a complete model folder.
-    best_dir = model_dir / evaluate.BEST_DIR
+    best_dir = model_dir / trained_model.BEST_DIR
     assert summary["best_metric"] == "auc_macro"
     assert summary["best_checkpoint"] == summary["inference_checkpoint"] == result["checkpoint"]
     assert summary["best_checkpoint"].startswith(str(best_dir))
@@ -207,7 +208,7 @@ def test_label_fraction_subsets_hold_only_training_patients_and_are_nested(nih_b
         smaller = chosen
 
 
-TINY = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32, ft_proj_selector=1)
+TINY = tiny(ft_proj_selector=1)
 
 
 def _init_folder(folder: pathlib.Path) -> SimCLRModel:
@@ -237,8 +238,8 @@ def test_frozen_blocks_and_their_batch_norm_statistics_stay_bit_identical(synthe
     _finetune(synthetic_build, tuned_dir, steps=6, model=TINY, strategy=strategy,
               config=FinetuneConfig(fine_tune_after_block=2, validation_split=""),
               train_batch_size=16, checkpoint_steps=2, init_checkpoint=str(tmp_path / "init"))
-    early, *_ = evaluate.load_model(str(tuned_dir), str(tuned_dir / "ckpt-2"))
-    tuned, *_ = evaluate.load_model(str(tuned_dir), "latest")
+    early = evaluate.load_classifier(str(tuned_dir), str(tuned_dir / "ckpt-2")).model
+    tuned = evaluate.load_classifier(str(tuned_dir), "latest").model
 
     def parts(model: SimCLRModel) -> dict:
         head = model.projection_head.linear_layers

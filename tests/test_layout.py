@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -124,3 +126,15 @@ def test_no_import_cycle():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_an_unmarked_test_cannot_start_a_process():
+    """`make test-fast` leaves out the `subprocess` tests: conftest refuses a process to any
+    test without the mark, so none slips into the fast tier."""
+    with pytest.raises(AssertionError, match="starts a process: mark it"):
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+@pytest.mark.subprocess
+def test_a_marked_test_may_start_one():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)

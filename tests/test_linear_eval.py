@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 from sklearn.neighbors import KNeighborsClassifier
 
-from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+from simclr_med.config import OptimConfig, PretrainConfig, TrainConfig
 from simclr_med.data import augment, schema
 from simclr_med.data.reader import open_build
 from simclr_med.stages import evaluate, linear_eval
 from simclr_med.stages.pretrain import pretrain
+from tests.tiny import TINY
 
 ENDPOINT = "final_avg_pool"
 
@@ -81,7 +82,6 @@ def test_unlabelled_training_images_and_masked_labels_are_ignored():
                                       ENDPOINT, 5))
 
 
-TINY = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32)
 
 
 @pytest.fixture(scope="module")

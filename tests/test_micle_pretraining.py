@@ -13,13 +13,14 @@ import pytest
 import tensorflow as tf
 
 from simclr_med.checkpoints.initial_weights import load_init_weights
-from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+from simclr_med.config import OptimConfig, PretrainConfig, TrainConfig
 from simclr_med.data import augment
 from simclr_med.data.pretrain_input import PairSpec, pair_dataset
 from simclr_med.data.reader import Source, open_build, read_cases
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages.pretrain import pretrain
 from simclr_med.training import contrastive_loss
+from tests.tiny import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The paper's augmentation per data set: chest X-ray set for NIH, SimCLR's for dermatology.
@@ -48,7 +49,7 @@ def test_pairs_are_two_images_of_one_case_different_when_it_has_several(build, p
 
 # A short pretraining that reliably learns (measured over seeds in the MICLe report): at the
 # SimCLR temperature 0.1 the loss on held-out pairs falls within 60 steps; at 0.5 it barely moves.
-TINY = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=16)
+TINY = tiny(image_size=16)
 TEMPERATURE = 0.1
 STEPS = 60
 
@@ -110,6 +111,7 @@ def _finish(process: subprocess.Popen) -> str:
     return output
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow  # four run.py processes, two at a time: about a minute on 2 idle cores
 def test_run_py_micle_pretraining_checkpoints_and_resumes(nih_build, ham_build, tmp_path):
     """`run.py --mode=pretrain --use_micle` with --augmentation=cxr on the NIH build and

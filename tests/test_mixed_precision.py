@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_med.config import ModelConfig
 from simclr_med.data import schema
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages.finetune import supervised_gradients
 from simclr_med.stages.pretrain import contrastive_gradients
 from simclr_med.training import strategy
+from tests.tiny import TINY
 
-CONFIG = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32)
+CONFIG = TINY
 BATCH, CLASSES = 4, 3
 RNG = np.random.default_rng(0)
 PAIRS = {"views": RNG.uniform(0, 1, [BATCH, 2, 32, 32, 3]).astype(np.float32),

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_med.checkpoints.native import ModelRecord, make_checkpoint
-from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+from simclr_med.config import OptimConfig, PretrainConfig, TrainConfig
 from simclr_med.data import augment
 from simclr_med.data.pretrain_input import PairSpec, pair_dataset
 from simclr_med.data.reader import open_build
@@ -25,6 +25,7 @@ from simclr_med.stages import evaluate
 from simclr_med.stages.pretrain import contrastive_gradients, pretrain
 from simclr_med.training.loop import NonFiniteLossError
 from simclr_med.training.optimizers import build_optimizer
+from tests.tiny import TINY
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--resnet_depth=18", "--width_multiplier=0.25", "--image_size=32"]
@@ -85,6 +86,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.subprocess
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(synthetic_build, tmp_path):
     """SIGKILL at step 6, after steps 5-6 ran but before their checkpoint: run again, it resumes
     from step 4 and, with deterministic ops, ends bit-identical to a run never interrupted."""
@@ -127,7 +129,7 @@ def _latest_step(model_dir: pathlib.Path) -> int:
 def _tiny_pretrain(build: pathlib.Path, model_dir: pathlib.Path, steps: int,
                    temperature: float = 0.5) -> dict:
     return pretrain(
-        ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32),
+        TINY,
         OptimConfig(optimizer="adam", learning_rate=1e-3, learning_rate_scaling="sqrt"),
         augment.preset("simclr"), open_build(str(build)),
         TrainConfig(model_dir=str(model_dir), train_batch_size=8, train_steps=steps,
@@ -237,7 +239,7 @@ def test_two_workers_take_the_step_of_one_device_with_their_global_batch(synthet
         logged["loss"], rel=1e-5)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
-    workers, *_ = evaluate.load_model(str(model_dir), str(model_dir / "ckpt-2"))
+    workers = evaluate.load_classifier(str(model_dir), str(model_dir / "ckpt-2")).model
     ours = [v.numpy() - w for v, w in zip(model.trainable_variables, start)]
     theirs = [v.numpy() - w for v, w in zip(workers.trainable_variables, start)]
     for one, two, variable in zip(ours, theirs, model.trainable_variables):

@@ -300,6 +300,7 @@ def converted(simclr_tf2_fixtures, tmp_path_factory) -> tuple[pathlib.Path, str]
     return output_dir, completed.stdout
 
 
+@pytest.mark.subprocess
 def test_convert_command_round_trip(simclr_tf2_fixtures, converted, model_for):
     folder = simclr_tf2_fixtures / SMALLEST
     output_dir, stdout = converted
@@ -314,6 +315,7 @@ def test_convert_command_round_trip(simclr_tf2_fixtures, converted, model_for):
     assert_matches_expected(model, folder)
 
 
+@pytest.mark.subprocess
 def test_pretraining_starts_from_a_converted_checkpoint(converted, synthetic_build, tmp_path,
                                                         model_for):
     """run.py --mode=pretrain --init_checkpoint=<converted fixture> trains and checkpoints in this

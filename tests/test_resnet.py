@@ -8,6 +8,7 @@ import tensorflow as tf
 from simclr_med.config import ModelConfig
 from simclr_med.models.resnet import BLOCKS_PER_GROUP, ResNet
 from simclr_med.models.simclr import SimCLRModel
+from tests.tiny import TINY, tiny
 
 
 def _trainable_count(layer) -> int:
@@ -66,7 +67,7 @@ def test_zero_initialised_blocks_are_identity_plus_relu_at_start():
 
 
 def test_cifar_stem_keeps_resolution_and_sk_uses_resnet_d_stem():
-    cifar = SimCLRModel(ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32))
+    cifar = SimCLRModel(TINY)
     out = cifar(tf.zeros([1, 32, 32, 3]))
     assert out["initial_max_pool"].shape == (1, 32, 32, 16)
     sk = SimCLRModel(ModelConfig(resnet_depth=50, width_multiplier=0.25, image_size=64,
@@ -80,9 +81,7 @@ def test_cifar_stem_keeps_resolution_and_sk_uses_resnet_d_stem():
     ("nonlinear", 3, 3), ("nonlinear", 2, 2), ("linear", 3, 1), ("none", 3, 0)])
 def test_projection_head_layouts(mode, layers, expected_dense):
     # proj_out_dim 64 differs from the backbone's 128 features (ResNet-18 at width 0.25).
-    model = SimCLRModel(ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32,
-                                    proj_head_mode=mode, num_proj_layers=layers,
-                                    proj_out_dim=64), num_classes=5)
+    model = SimCLRModel(tiny(proj_head_mode=mode, num_proj_layers=layers, proj_out_dim=64), num_classes=5)
     out = model(tf.random.stateless_uniform([2, 32, 32, 3], seed=[0, 1]))
     assert len(model.projection_head.linear_layers) == expected_dense
     assert out["final_avg_pool"].shape == (2, 128)

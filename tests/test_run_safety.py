@@ -22,20 +22,21 @@ import run
 from data_prep import synthetic
 from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
-from simclr_med.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from simclr_med.checkpoints import trained_model
+from simclr_med.config import DataConfig, OptimConfig, TrainConfig
 from simclr_med.data import augment
 from simclr_med.data.reader import open_build
 from simclr_med.errors import UserError
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate, linear_eval
 from simclr_med.stages.finetune import FinetuneConfig, finetune
+from tests.tiny import TINY
 
 FLAGS = flags.FLAGS
 TINY_MODEL = ["--resnet_depth=18", "--width_multiplier=0.25", "--image_size=32"]
 TINY_PRETRAIN = TINY_MODEL + ["--train_batch_size=8", "--optimizer=adam", "--learning_rate=0.001",
                               "--learning_rate_scaling=sqrt", "--temperature=0.5",
                               "--train_steps=4", "--checkpoint_steps=2", "--steps_per_loop=2"]
-TINY = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32)
 
 
 def run_main(*args: str) -> None:
@@ -176,7 +177,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_set_aside_and_training_resumes
         f"{name}.damaged": data for name, data in damaged.items()}
     assert {p.name: p.read_bytes() for p in model_dir.glob("ckpt-2.*")} == intact
     assert tf.train.latest_checkpoint(str(model_dir)) == str(model_dir / "ckpt-4")
-    evaluate.restore(SimCLRModel(TINY, 4), str(model_dir / "ckpt-4"))  # the new one reads
+    trained_model.restore(SimCLRModel(TINY, 4), str(model_dir / "ckpt-4"))  # the new one reads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_resumed_finetuning_keeps_the_best_checkpoint_and_the_value_to_beat(
     assert (summary["best_step"], summary["best_value"]) == (before["best_step"],
                                                              before["best_value"])
     assert snapshot(model_dir / "best") == best_before
-    best_prefix = str(model_dir / evaluate.BEST_DIR / f"ckpt-{before['best_step']}")
+    best_prefix = str(model_dir / trained_model.BEST_DIR / f"ckpt-{before['best_step']}")
     assert summary["best_checkpoint"] == summary["inference_checkpoint"] == best_prefix
 
     # Run again when finished: nothing changes, through run.py too.
@@ -279,7 +280,7 @@ def test_finetuning_with_an_unlabelled_validation_split_says_so_and_selects_noth
             FinetuneConfig(eval_batch_size=64), tf.distribute.get_strategy())
     assert "none of them has a label" in summary["no_best_reason"]
     assert "none of them has a label, so no best checkpoint is selected" in caplog.text
-    assert summary["best_checkpoint"] is None and not (tmp_path / evaluate.BEST_DIR).exists()
+    assert summary["best_checkpoint"] is None and not (tmp_path / trained_model.BEST_DIR).exists()
     assert summary["inference_checkpoint"] == str(tmp_path / "ckpt-2")
 
 

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_med.config import AugmentConfig, ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+from simclr_med.config import AugmentConfig, OptimConfig, PretrainConfig, TrainConfig
 from simclr_med.data import augment
 from simclr_med.data.pretrain_input import PairSpec, pair_dataset
 from simclr_med.data.reader import open_tfds
@@ -20,8 +20,8 @@ from simclr_med.errors import UserError
 from simclr_med.stages import evaluate
 from simclr_med.stages.finetune import FinetuneConfig, finetune
 from simclr_med.stages.pretrain import pretrain
+from tests.tiny import TINY
 
-TINY = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32)
 ADAM = OptimConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0)
 
 

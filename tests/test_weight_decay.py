@@ -20,13 +20,14 @@ import pytest
 import tensorflow as tf
 
 from simclr_med.checkpoints import native
-from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
+from simclr_med.config import OptimConfig, TrainConfig
 from simclr_med.data import augment
 from simclr_med.data.reader import open_build
 from simclr_med.models.simclr import SimCLRModel, no_decay_variables
 from simclr_med.stages import evaluate
 from simclr_med.stages.finetune import FinetuneConfig, finetune
 from simclr_med.training.optimizers import OPTIMIZERS, build_optimizer, weight_decay_loss
+from tests.tiny import TINY, tiny
 
 LR, MOMENTUM, DECAY, ETA = 0.1, 0.9, 0.05, 0.001
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras Adam's defaults, as the reference's
@@ -46,8 +47,7 @@ def reference_l2(path: str, optimizer: str) -> bool:
 @pytest.fixture(scope="module")
 def built_model() -> SimCLRModel:
     """A model with a supervised head and a frozen stem (frozen weights are never decayed)."""
-    model = SimCLRModel(ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32,
-                                    num_proj_layers=2), num_classes=3)
+    model = SimCLRModel(tiny(num_proj_layers=2), num_classes=3)
     model.build_for_image_size()
     model.resnet.stem.trainable = False
     return model
@@ -167,7 +167,7 @@ def test_fine_tuning_adds_the_l2_term_to_its_loss(synthetic_build, tmp_path):
     """Fine-tuning a zero backbone (frozen) gives the head zero features, so its kernel's only
     gradient is the L2 term's, decay * w: plain SGD scales the kernel by 1 - lr * decay at each
     step (the cosine schedule halves lr at the second of two steps)."""
-    config = ModelConfig(resnet_depth=18, width_multiplier=0.25, image_size=32)
+    config = TINY
     zero = SimCLRModel(config)
     zero.build_for_image_size()
     for variable in zero.variables:
@@ -187,8 +187,8 @@ def test_fine_tuning_adds_the_l2_term_to_its_loss(synthetic_build, tmp_path):
              tf.distribute.get_strategy())
     kernels = []
     for step in (1, 2):
-        model, *_ = evaluate.load_model(str(tmp_path / "tuned"),
-                                        str(tmp_path / "tuned" / f"ckpt-{step}"))
+        model = evaluate.load_classifier(str(tmp_path / "tuned"),
+                                         str(tmp_path / "tuned" / f"ckpt-{step}")).model
         kernels.append(model.supervised_head.dense.kernel.numpy())
     assert np.abs(kernels[0]).min() > 0
     np.testing.assert_allclose(kernels[1], (1 - lr / 2 * decay) * kernels[0], rtol=1e-6)

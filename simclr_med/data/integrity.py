@@ -158,7 +158,7 @@ def damaged_records(data_dir: str, info: schema.DatasetInfo) -> list[str]:
 
 def names_damaged_shards(function: F) -> F:
     """Decorates a function reading the data set passed as its `source` argument (a
-    `dataset.Source`): a `DataLossError` it raises becomes a `DamagedBuildError` naming the damaged
+    `reader.Source`): a `DataLossError` it raises becomes a `DamagedBuildError` naming the damaged
     shards. When no shard is damaged (the error came from elsewhere) it propagates unchanged."""
     signature = inspect.signature(function)
     if "source" not in signature.parameters:

@@ -23,7 +23,7 @@ import tensorflow as tf
 from absl import logging
 from scipy import special
 
-from simclr_med.checkpoints import native
+from simclr_med.checkpoints import native, trained_model
 from simclr_med.config import EvalConfig
 from simclr_med.data import schema
 from simclr_med.data.finetune_input import LABEL_FIELDS, evaluation_dataset
@@ -34,9 +34,6 @@ from simclr_med.evaluation import label_mapping, metrics, plots
 from simclr_med.models.simclr import SimCLRModel, output_shapes, unless_empty
 from simclr_med.training.loop import write_json
 
-BEST_DIR = "best"  # where fine-tuning keeps its best checkpoint (a complete model folder)
-CHECKPOINT_CHOICES = ("auto", "best", "latest")
-STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"  # native.make_checkpoint's step
 
 
 @dataclasses.dataclass
@@ -55,7 +52,7 @@ class ImageOutputs:
 
 class Predictor:
     """Runs a model in inference mode over evaluation batches (one trace, reused). An empty batch
-    gives empty outputs without running the model (`model.unless_empty`)."""
+    gives empty outputs without running the model (`simclr.unless_empty`)."""
 
     def __init__(self, model: SimCLRModel, endpoints: Sequence[str] = ("logits_sup",)):
         size = model.config.image_size
@@ -163,65 +160,13 @@ def aligned(predicted: ImageOutputs, alignment: Alignment,
                            label_mask=predicted.truth["label_mask"][:, columns]), probs
 
 
-def inference_checkpoint(model_dir: str, which: str = "auto") -> str:
-    """The checkpoint prefix evaluation (and export) should use.
-
-    `auto`: the best checkpoint of a fine-tuning run (`<model_dir>/best/`) when it kept one,
-    else the latest checkpoint in `model_dir`. `best`, `latest`, or a checkpoint prefix / folder.
-    """
-    if which in CHECKPOINT_CHOICES:
-        best = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_DIR))
-        latest = tf.train.latest_checkpoint(model_dir)
-        chosen = {"auto": best or latest, "best": best, "latest": latest}[which]
-    else:
-        chosen = native.resolve_checkpoint(which)
-    if chosen is None:
-        raise UserError(f"no {which!r} checkpoint in {model_dir!r}")
-    return chosen
-
-
-def load_model(model_dir: str, which: str = "auto") -> tuple[SimCLRModel,
-                                                              native.ModelRecord, str, int]:
-    """(model with its supervised head, its record, checkpoint prefix, global step)."""
+def load_classifier(model_dir: str, checkpoint: str = "auto") -> trained_model.TrainedModel:
+    """The model of `model_dir` with its supervised head (UserError for one without)."""
     record = native.ModelRecord.load(model_dir)
     if not record.num_classes:
         raise UserError(f"{model_dir!r} holds a model without a supervised head (a pretraining "
                         "run without labels): fine-tune it first, or use --mode=linear_eval")
-    model = SimCLRModel(record.model, record.num_classes, stop_gradient_to_head=False)
-    model.build_for_image_size()
-    prefix = inference_checkpoint(model_dir, which)
-    return model, record, prefix, restore(model, prefix)
-
-
-def restore(model: SimCLRModel, prefix: str) -> int:
-    """Restores every variable of `model` (optimizer state is ignored); returns the step, 0 for a
-    checkpoint without one (a convert_checkpoint output).
-
-    A damaged checkpoint is an error naming its file: evaluation and export never fall back to
-    an older checkpoint on their own (resuming training sets a damaged one aside). A checkpoint
-    that does not fit the model is a UserError too.
-    """
-    try:
-        status = native.make_checkpoint(model).restore(prefix)
-    except native.READ_ERRORS as error:
-        raise UserError(f"{native.damage_report(prefix, error)}. Choose another checkpoint "
-                        "with --eval_checkpoint (best, latest or a ckpt-N prefix), or resume "
-                        "the training run, which sets it aside and continues from the one "
-                        "before") from error
-    except ValueError as error:  # a variable of another shape
-        raise _does_not_fit(prefix, error) from error
-    try:
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-        reader = tf.train.load_checkpoint(prefix)
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise _does_not_fit(prefix, error) from error
-    return int(reader.get_tensor(STEP_KEY)) if reader.has_tensor(STEP_KEY) else 0
-
-
-def _does_not_fit(prefix: str, error: Exception) -> UserError:
-    return UserError(f"checkpoint {prefix} cannot be restored into the model that "
-                     f"{native.MODEL_CONFIG_FILE} describes: {error}")
+    return trained_model.load(model_dir, checkpoint)
 
 
 @names_damaged_shards
@@ -233,7 +178,8 @@ def evaluate(model_dir: str, source: Source, split: str,
     if not source.num_examples(split):
         raise UserError(f"split {split!r} of {source.data_dir or source.tfds_name} holds no "
                         "images")
-    model, record, prefix, step = load_model(model_dir, config.checkpoint)
+    loaded = load_classifier(model_dir, config.checkpoint)
+    model, record, prefix, step = loaded.model, loaded.record, loaded.checkpoint, loaded.step
     alignment = align(record.task, class_names(record, source.info), source.info)
     dataset = evaluation_dataset(source, split, record.model.image_size,
                                  record.model.eval_crop_proportion, config.batch_size)

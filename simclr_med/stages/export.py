@@ -23,7 +23,7 @@
 
 Both are plain TensorFlow objects holding the Keras variables (as `keras.export.ExportArchive`
 does), not Keras models: `tf.saved_model.load` needs neither Keras nor this package. Neither runs
-the network on an empty batch (`model.unless_empty`): it returns empty outputs of the right shapes.
+the network on an empty batch (`simclr.unless_empty`): it returns empty outputs of the right shapes.
 
 An export is written beside the earlier one (`<export_dir>/.incomplete/`) and moved into place only
 once complete, so a failed export leaves the earlier one as it was.
@@ -38,11 +38,10 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from simclr_med.checkpoints import native
+from simclr_med.checkpoints import native, trained_model
 from simclr_med.data import preprocess, schema
 from simclr_med.errors import UserError
 from simclr_med.models.simclr import OutputShape, SimCLRModel, output_shapes, unless_empty
-from simclr_med.stages import evaluate
 from simclr_med.serving import (CLASS_NAMES, EMBEDDING, IMAGES, MAX_IMAGE_PIXELS, PROBABILITIES,
                                 SERVING_DIR, SERVING_SIGNATURE, TASK)
 
@@ -75,17 +74,6 @@ def has_task_head(record: native.ModelRecord) -> bool:
     run exports only its features.
     """
     return record.num_classes > 0 and record.source != "pretrain"
-
-
-def restore_model(model_dir: str, num_classes: int, checkpoint: str = "auto"
-                  ) -> tuple[SimCLRModel, str, int]:
-    """The model of `model_dir` with `num_classes` outputs (0: no supervised head), restored from
-    `checkpoint` (see `evaluate.inference_checkpoint`); returns it, the prefix and the step."""
-    record = native.ModelRecord.load(model_dir)
-    model = SimCLRModel(record.model, num_classes)
-    model.build_for_image_size()
-    prefix = evaluate.inference_checkpoint(model_dir, checkpoint)
-    return model, prefix, evaluate.restore(model, prefix)
 
 
 class FeatureExtractor(_AutoTrackable):
@@ -261,10 +249,11 @@ def export(model_dir: str, export_dir: str, checkpoint: str = "auto",
     staging = os.path.join(export_dir, STAGING_DIR)
     _remove(staging)  # left by an export that did not finish
     try:
-        features, prefix, step = restore_model(model_dir, 0, checkpoint)
-        save_features(features, os.path.join(staging, FEATURES_DIR))
+        features = trained_model.load(model_dir, checkpoint, num_classes=0)
+        prefix, step = features.checkpoint, features.step
+        save_features(features.model, os.path.join(staging, FEATURES_DIR))
         if SERVING_DIR in names:
-            classifier, _, _ = restore_model(model_dir, record.num_classes, prefix)
+            classifier = trained_model.load(model_dir, prefix).model
             save_serving(classifier, record, os.path.join(staging, SERVING_DIR), max_image_pixels)
         _move_into_place(staging, export_dir)
     finally:

@@ -18,7 +18,6 @@ selects nothing (warning; the last checkpoint is the result), and a `best.json` 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -27,11 +26,10 @@ import shutil
 import tempfile
 from typing import Optional
 
-import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_med.checkpoints import initial_weights, native
+from simclr_med.checkpoints import native, trained_model
 from simclr_med.config import (AugmentConfig, FinetuneConfig, ModelConfig, OptimConfig,
                                TrainConfig)
 from simclr_med.data.integrity import names_damaged_shards
@@ -39,14 +37,13 @@ from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
 from simclr_med.evaluation import metrics
 from simclr_med.stages import evaluate
-from simclr_med.training import schedule, supervised_loss
+from simclr_med.training import supervised_loss
 from simclr_med.data.finetune_input import (LabelledSpec, count_training_images, evaluation_dataset,
                                        training_dataset, unlabelled_reason)
-from simclr_med.models.simclr import SimCLRModel, no_decay_variables
-from simclr_med.stages.pretrain import seed_everything, total_steps
-from simclr_med.training.loop import LoopSettings, Trainer, distributed_input, write_json
-from simclr_med.training.optimizers import build_optimizer, weight_decay_loss
-from simclr_med.training.running_means import RunningMeans
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.training.loop import distributed_input, write_json
+from simclr_med.training.optimizers import weight_decay_loss
+from simclr_med.training.stage import build_stage
 
 BEST_STATE_FILE = "best.json"
 NUM_BLOCK_GROUPS = 4
@@ -148,7 +145,6 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
     `flag_values` are recorded as `pretrain` records them; a run already at its last step
     writes nothing and returns `Trainer.nothing_to_do()`.
     """
-    seed_everything(train.seed, train.deterministic)
     task, names = source.info.task, tuple(source.info.names)
     best_metric = config.best_metric or metrics.main_metric(task)
     if best_metric not in metrics.metric_names(task, names):
@@ -159,45 +155,32 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         raise UserError(f"label fraction {config.label_fraction} of split {split!r} holds no "
                         "image")
     batch = train.train_batch_size
-    steps = total_steps(train, num_examples)
-    learning_rate = schedule.WarmupCosine(
-        schedule.scaled_learning_rate(optim.learning_rate, batch, optim.learning_rate_scaling),
-        schedule.warmup_steps(optim.warmup_epochs, num_examples, batch), steps)
 
-    with strategy.scope():
-        model = SimCLRModel(model_config, len(names), stop_gradient_to_head=False)
-        model.build_for_image_size()
+    def prepare(model: SimCLRModel) -> None:
         freeze_blocks(model, config.fine_tune_after_block)
         freeze_unused_projection_layers(model)
-        optimizer = build_optimizer(optim, learning_rate, no_decay_variables(model),
-                                    loss_scaling=keras.config.dtype_policy().name == "mixed_float16")
-        optimizer.build(model.trainable_variables)
-        running = RunningMeans(["loss", "supervised_accuracy"])
+
+    stage = build_stage("finetune", model_config, optim, train, strategy, num_examples,
+                        len(names), ["loss", "supervised_accuracy"],
+                        stop_gradient_to_head=False, prepare_model=prepare)
+    model, optimizer, running = stage.model, stage.optimizer, stage.metrics
 
     def step_fn(examples: dict) -> None:
         _, grads, outputs = supervised_gradients(model, optimizer, examples, task, batch,
-                                              optim)
+                                                 optim)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         running.update("loss", outputs["per_entry"], outputs["weights"])
         running.update("supervised_accuracy",
                        *supervised_loss.task_accuracy(outputs["logits"], examples, task))
 
-    settings = LoopSettings(
-        mode="finetune", model_dir=train.model_dir, total_steps=steps,
-        steps_per_loop=train.steps_per_loop,
-        checkpoint_steps=train.checkpoint_steps or math.ceil(num_examples / batch),
-        keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
-        run_steps=train.run_steps)
-    trainer = Trainer(strategy, model, optimizer, running, step_fn, settings)
     record = native.ModelRecord(model_config, len(names), task, names, source="finetune")
     no_best_reason = ("no validation split (--validation_split='')" if not config.validation_split
                       else unlabelled_reason(source, config.validation_split))
-    best_dir = os.path.join(train.model_dir, evaluate.BEST_DIR)
+    best_dir = os.path.join(train.model_dir, trained_model.BEST_DIR)
     if not no_best_reason:
         BestCheckpoint.load_state(best_dir, best_metric)  # before anything is written
-    if not trainer.resume(record) and train.init_checkpoint:
-        logging.info(initial_weights.load_init_weights(
-            model, train.init_checkpoint, projection_layers=model_config.ft_proj_selector))
+    trainer = stage.trainer(step_fn, record, train.init_checkpoint,
+                            projection_layers=model_config.ft_proj_selector)
     if trainer.finished:
         return trainer.nothing_to_do()
     trainer.begin(record, flag_values)
@@ -233,9 +216,9 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         "best_checkpoint": best.manager.latest_checkpoint if best else None,
         "best_step": best.state.get("step") if best else None,
         "best_value": best.state.get("value") if best else None,
-        "inference_checkpoint": evaluate.inference_checkpoint(train.model_dir),
+        "inference_checkpoint": trained_model.inference_checkpoint(train.model_dir),
     })
-    write_json(train.model_dir, trainer.summary_file, summary)
+    trainer.write_summary(summary)
     if best and not trainer.chief:
         shutil.rmtree(best.directory, ignore_errors=True)
     return summary

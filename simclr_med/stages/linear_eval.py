@@ -14,7 +14,6 @@ its scores for the training loop to log to TensorBoard.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -23,8 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
-from simclr_med.checkpoints import initial_weights, native
-from simclr_med.config import LINEAR_EVAL_ENDPOINTS as ENDPOINTS  # noqa: F401
+from simclr_med.checkpoints import initial_weights, trained_model
 from simclr_med.config import LinearEvalConfig, ModelConfig
 from simclr_med.data import schema
 from simclr_med.data.finetune_input import evaluation_dataset, unlabelled_reason
@@ -107,11 +105,8 @@ def load_encoder(model_dir: str, init_checkpoint: str, model_config: ModelConfig
         model.build_for_image_size()
         logging.info(initial_weights.load_init_weights(model, init_checkpoint))
         return model, init_checkpoint, 0
-    record = native.ModelRecord.load(model_dir)
-    model = SimCLRModel(record.model)
-    model.build_for_image_size()
-    prefix = evaluate.inference_checkpoint(model_dir, checkpoint)
-    return model, prefix, evaluate.restore(model, prefix)
+    loaded = trained_model.load(model_dir, checkpoint, num_classes=0)
+    return loaded.model, loaded.checkpoint, loaded.step
 
 
 def require_labels(source: Source, split: str, purpose: str) -> None:

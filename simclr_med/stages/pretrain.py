@@ -8,36 +8,23 @@ has labels, a linear probe on stop-gradient features tracks representation quali
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Optional
 
-import keras
 import tensorflow as tf
-from absl import logging
 
-from simclr_med.checkpoints import initial_weights, native
-from simclr_med.training import contrastive_loss, schedule, supervised_loss
+from simclr_med.checkpoints import native
+from simclr_med.training import contrastive_loss, supervised_loss
 from simclr_med.config import (AugmentConfig, ModelConfig, OptimConfig, PretrainConfig,
                                TrainConfig)
 from simclr_med.data.integrity import names_damaged_shards
 from simclr_med.data.pretrain_input import PairSpec, pair_dataset
 from simclr_med.data.reader import Source
-from simclr_med.models.simclr import SimCLRModel, no_decay_variables
-from simclr_med.training.loop import LoopSettings, Trainer, distributed_input, write_json
-from simclr_med.training.optimizers import build_optimizer, weight_decay_loss
-from simclr_med.training.running_means import RunningMeans
+from simclr_med.models.simclr import SimCLRModel
+from simclr_med.training.loop import distributed_input
+from simclr_med.training.optimizers import weight_decay_loss
+from simclr_med.training.stage import build_stage
 
 SAMPLE_VIEWS = 8  # pairs shown in TensorBoard
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def total_steps(train: TrainConfig, num_examples: int) -> int:
-    return train.train_steps or math.ceil(train.train_epochs * num_examples / train.train_batch_size)
 
 
 def _both_views(batch: dict, key: str) -> tf.Tensor:
@@ -88,27 +75,17 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
     recorded in `flags.json` and `flags_history.jsonl` once the run is known to train. A run
     already at its last step writes nothing and returns `Trainer.nothing_to_do()`.
     """
-    seed_everything(train.seed, train.deterministic)
     unit = "cases" if pretrain_config.use_micle else "images"
     num_examples = source.num_examples(split, unit)
     batch = train.train_batch_size
-    steps = total_steps(train, num_examples)
-    steps_per_epoch = math.ceil(num_examples / batch)
-    learning_rate = schedule.WarmupCosine(
-        schedule.scaled_learning_rate(optim.learning_rate, batch, optim.learning_rate_scaling),
-        schedule.warmup_steps(optim.warmup_epochs, num_examples, batch), steps)
     num_classes = source.info.num_classes if pretrain_config.lineareval_while_pretraining else 0
     task = source.info.task if num_classes else ""  # the linear probe's task, if any
-
-    with strategy.scope():
-        model = SimCLRModel(model_config, num_classes, stop_gradient_to_head=True)
-        model.build_for_image_size()
-        optimizer = build_optimizer(optim, learning_rate, no_decay_variables(model),
-                                    loss_scaling=keras.config.dtype_policy().name == "mixed_float16")
-        optimizer.build(model.trainable_variables)
-        names = ["loss", "contrast_accuracy", "contrast_entropy"]
-        metrics = RunningMeans(names + (["supervised_loss", "supervised_accuracy"]
-                                        if num_classes else []))
+    names = ["loss", "contrast_accuracy", "contrast_entropy"]
+    stage = build_stage("pretrain", model_config, optim, train, strategy, num_examples,
+                        num_classes, names + (["supervised_loss", "supervised_accuracy"]
+                                              if num_classes else []),
+                        stop_gradient_to_head=True, images_per_example=2)
+    model, optimizer, metrics = stage.model, stage.optimizer, stage.metrics
 
     def step_fn(pairs: dict) -> None:
         _, grads, outputs = contrastive_gradients(
@@ -123,18 +100,10 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
             metrics.update("supervised_accuracy", *supervised_loss.task_accuracy(
                 outputs["logits_sup"], outputs["labels"], task))
 
-    settings = LoopSettings(
-        mode="pretrain", model_dir=train.model_dir, total_steps=steps,
-        steps_per_loop=train.steps_per_loop,
-        checkpoint_steps=train.checkpoint_steps or steps_per_epoch,
-        keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
-        images_per_example=2, run_steps=train.run_steps)
-    trainer = Trainer(strategy, model, optimizer, metrics, step_fn, settings)
     record = native.ModelRecord(model_config, num_classes, task,
-                                       tuple(source.info.names) if num_classes else (),
-                                       source="pretrain")
-    if not trainer.resume(record) and train.init_checkpoint:
-        logging.info(initial_weights.load_init_weights(model, train.init_checkpoint))
+                                tuple(source.info.names) if num_classes else (),
+                                source="pretrain")
+    trainer = stage.trainer(step_fn, record, train.init_checkpoint)
     if trainer.finished:
         return trainer.nothing_to_do()
     trainer.begin(record, flag_values)
@@ -150,7 +119,7 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
     summary = trainer.train(make_dataset, on_checkpoint=monitor(model) if monitor else None)
     summary.update({"use_micle": pretrain_config.use_micle, "num_train_examples": num_examples,
                     "example_unit": "case" if pretrain_config.use_micle else "image"})
-    write_json(train.model_dir, trainer.summary_file, summary)
+    trainer.write_summary(summary)
     return summary
 
 

@@ -250,6 +250,10 @@ class Trainer:
             summary.update(self._throughput(timed_steps, timed_seconds))
         return summary
 
+    def write_summary(self, summary: dict) -> None:
+        """`summary.json` (the chief) or `summary_worker<i>.json`, written whole or not at all."""
+        write_json(self.settings.model_dir, self.summary_file, summary)
+
     def _throughput(self, steps: int, seconds: float) -> dict:
         examples = steps * self.settings.examples_per_step / max(seconds, 1e-9)
         return {"examples_per_second": examples,

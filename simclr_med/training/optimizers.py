@@ -24,7 +24,7 @@ def build_optimizer(config: OptimConfig, learning_rate, exempt: Sequence,
                     loss_scaling: bool = False) -> keras.optimizers.Optimizer:
     """Builds (but does not `build`) the optimizer; call it under the strategy scope.
 
-    `exempt` variables (`model.no_decay_variables`) get neither LARS's decay nor its trust ratio;
+    `exempt` variables (`simclr.no_decay_variables`) get neither LARS's decay nor its trust ratio;
     momentum and Adam decay nothing themselves (see `weight_decay_loss`). `loss_scaling` wraps the
     optimizer for float16 mixed precision.
     """
