@@ -72,6 +72,7 @@ def reports() -> dict[str, dict]:
     return {module: _inspect(module) for module in FLAGS_MODULES}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("module", FLAGS_MODULES)
 def test_every_config_field_has_a_flag_with_the_fields_default(module, reports):
     report = reports[module]
@@ -79,6 +80,7 @@ def test_every_config_field_has_a_flag_with_the_fields_default(module, reports):
     assert report["defaults"] == []
 
 
+@pytest.mark.subprocess
 def test_every_config_of_simclr_med_config_is_made_from_flags(reports):
     classes = {name for name, value in vars(config).items()
                if isinstance(value, type) and dataclasses.is_dataclass(value)}
@@ -87,6 +89,7 @@ def test_every_config_of_simclr_med_config_is_made_from_flags(reports):
     assert {"BuildConfig", "ConvertArgs"} <= made
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("module", FLAGS_MODULES)
 def test_flags_modules_import_no_stage_code(module, reports):
     modules = reports[module]["modules"]
@@ -126,6 +129,7 @@ def test_a_field_without_a_flag_is_an_error_naming_the_class_and_field(monkeypat
         entry_point.ConfigFlags(_Toy, flag_names={"delta": "x"})
 
 
+@pytest.mark.subprocess
 def test_the_command_stops_at_start_up_before_main(tmp_path):
     script = tmp_path / "tool.py"
     script.write_text(textwrap.dedent("""\
