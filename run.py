@@ -13,13 +13,14 @@ build's `dataset_info.json` and shards, or a TFDS data set):
   eval           evaluate.evaluate              DIR (best/ or latest), DATA   eval_<split>.json,
                                                                               predictions_<split>.csv,
                                                                               roc/confusion PNGs
-  linear_eval    linear_eval.linear_eval        DIR or --init_checkpoint,     linear_eval_<split>.json
-                                                DATA
+  linear_eval    linear_eval.load_encoder,      DIR or --init_checkpoint,     linear_eval_<split>.json
+                 then linear_eval.linear_eval   DATA
   train_then_eval  finetune, then evaluate      as both                       as both
   export         export.export                  DIR (best/ or latest)         --export_dir: features/,
                                                                               serving/ SavedModels
 
-Every mode also appends to DIR/flags_history.jsonl. Building DATA is `python -m data_prep.build`;
+Every mode also appends to DIR/flags_history.jsonl (a finished training run started again
+writes nothing). Building DATA is `python -m data_prep.build`;
 serving an export, `python -m simclr_med.predict`.
 """
 

@@ -21,7 +21,7 @@ entry_point.import_tensorflow_quietly()
 
 import tensorflow as tf  # noqa: E402
 
-from data_prep import synthetic
+from data_prep import synthetic  # noqa: E402
 from flags import bench_flags  # noqa: E402
 from simclr_med.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig  # noqa: E402
 from simclr_med.data import augment  # noqa: E402

@@ -1,4 +1,5 @@
-"""Flags of `python -m data_prep.synthetic` (writes the synthetic image folder)."""
+"""Flags of `python -m simclr_med.make_synthetic` (`cli/make_synthetic.py`: writes the synthetic
+image folder)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ LAYERS = {
     "simclr_med.training": 4,
     "simclr_med.stages": 5,
 }
-# The shared record schema is the only seam between the builders and the library.
+# The builders see of the library only the record schema, the shard checks and the errors.
 DATA_PREP_MAY_IMPORT = ("simclr_med.data.schema", "simclr_med.data.integrity", "simclr_med.errors")
 SHIMS = ("simclr_med.predict", "simclr_med.convert_checkpoint", "simclr_med.make_synthetic")
 

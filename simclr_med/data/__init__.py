@@ -4,5 +4,5 @@ with the file names of a build), shard checks (`integrity`), readers of builds a
 (`micle`) and each stage's input pipeline (`pretrain_input`, `finetune_input`).
 
 Bottom layer: imports only `simclr_med.config` and `simclr_med.errors`. `data_prep` writes what
-`schema` defines and imports nothing else of the library.
+`schema` defines; of the library it imports only `schema`, `integrity` and `simclr_med.errors`.
 """

@@ -155,7 +155,7 @@ def weighted_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -
 
     The Mann-Whitney form of the AUC (a tie between a positive and a negative counts one half),
     which is the area under scikit-learn's ROC curve; vectorised over the resamples because
-    `roc_auc_score` spends ~5 ms per call validating its input. `tests/test_metrics.py` checks it
+    `roc_auc_score` spends ~5 ms per call validating its input. `tests/evaluation/test_metrics.py` checks it
     against `roc_auc_score(..., sample_weight=...)`.
     """
     order = np.argsort(score, kind="stable")

@@ -1,5 +1,5 @@
 """Evaluation without training: label matching across data sets, the files an evaluation writes,
-checkpoint choice. (Evaluations of trained models on real data: tests/test_finetune.py.)"""
+checkpoint choice. (Evaluations of trained models on real data: tests/stages/test_finetune.py.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """LARS against a NumPy computation of its update rule (which variables a SimCLR model exempts, and
-the supervised head's treatment, are in test_weight_decay.py)."""
+the supervised head's treatment, are in tests/training/test_weight_decay.py)."""
 
 import keras
 import numpy as np

@@ -21,7 +21,7 @@ from simclr_med.checkpoints import official as rc
 from simclr_med.config import ModelConfig
 from simclr_med.models.simclr import SimCLRModel
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # folder -> what its README says it is: depth, width, sk_ratio, CIFAR stem, projection layers.
 FIXTURES = {

@@ -9,7 +9,7 @@ from simclr_med.config import OptimConfig
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages.pretrain import contrastive_gradients
 from tests.tiny import tiny
-from test_objective import numpy_nt_xent
+from test_contrastive_loss import numpy_nt_xent
 
 GLOBAL_BATCH = 8
 CONFIG = tiny(global_bn=True)

@@ -28,7 +28,7 @@ from simclr_med.stages import evaluate
 from simclr_med.stages.pretrain import pretrain
 from tests.tiny import TINY
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TRAIN_SHARD = "train-00000-of-00001.tfrecord"
 TEST_SHARD = "test-00000-of-00001.tfrecord"
 

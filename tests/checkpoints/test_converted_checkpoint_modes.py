@@ -3,7 +3,7 @@
 evaluation of its supervised head, although its checkpoint holds no training step.
 
 The smallest reference fixture (ResNet-18, CIFAR stem) keeps this cheap: the ImageNet-stem fixtures
-take the same code path (their conversion is checked in test_reference_checkpoint.py).
+take the same code path (their conversion is checked in tests/checkpoints/test_official.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from simclr_med.data.reader import open_build, read_images
 from simclr_med.errors import UserError
 from simclr_med.stages import evaluate, linear_eval
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURE = "r18_w025_cifar"
 NUM_CLASSES = 10  # the fixture's supervised head
 EVAL = evaluate.EvalConfig(bootstrap_samples=10, plots=False)

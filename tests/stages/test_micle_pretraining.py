@@ -22,7 +22,7 @@ from simclr_med.stages.pretrain import pretrain
 from simclr_med.training import contrastive_loss
 from tests.tiny import tiny
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # The paper's augmentation per data set: chest X-ray set for NIH, SimCLR's for dermatology.
 REAL_SETS = [("nih_build", "cxr"), ("ham_build", "simclr")]
 

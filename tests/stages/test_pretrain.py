@@ -27,7 +27,7 @@ from simclr_med.training.loop import NonFiniteLossError
 from simclr_med.training.optimizers import build_optimizer
 from tests.tiny import TINY
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_MODEL = ["--resnet_depth=18", "--width_multiplier=0.25", "--image_size=32"]
 TINY_RUN = TINY_MODEL + ["--train_batch_size=16", "--optimizer=adam", "--learning_rate=0.0002",
                          "--learning_rate_scaling=sqrt", "--temperature=0.5", "--seed=3"]
