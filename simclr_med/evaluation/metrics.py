@@ -5,6 +5,10 @@ Names, as ../shared/INTERFACE.md fixes them:
   it is 1 by definition), `auc_macro` (the mean of the one-vs-rest AUCs) and `auc/<class>`;
   images with class id -1 (unlabelled) do not count;
 - multi-label: `auc/<label>` over the label's unmasked entries, and `mean_auc`, their mean.
+Calibration (`calibration.py`): `ece`, the expected calibration error of the top class
+(multi-class, labelled images), or `ece/<label>` per label over its unmasked entries and
+`mean_ece`, their mean (multi-label); lower is better, so they are not choices of the best
+checkpoint (`best_metric_choices`).
 An AUC needs a positive and a negative: a class or label without both is undefined (NaN here) and
 left out of the macro / mean, which equals scikit-learn's one-vs-rest macro AUC whenever every
 class is defined.
@@ -28,6 +32,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from simclr_med.data import schema
+from simclr_med.evaluation import calibration
 
 TOP_K = 3
 CI_LEVEL = 0.95
@@ -72,10 +77,19 @@ def metric_names(task: str, names: tuple[str, ...]) -> list[str]:
     """Every metric `compute` reports for a task with these classes or labels."""
     if task == schema.MULTICLASS:
         overall = ["top1_accuracy"] + (["top3_accuracy"] if len(names) > TOP_K else [])
-        overall.append("auc_macro")
-    else:
-        overall = ["mean_auc"]
-    return overall + [f"auc/{name}" for name in names]
+        return overall + ["auc_macro", "ece"] + [f"auc/{name}" for name in names]
+    return (["mean_auc", "mean_ece"] + [f"auc/{name}" for name in names]
+            + [f"ece/{name}" for name in names])
+
+
+def is_calibration(name: str) -> bool:
+    """Whether a metric is a calibration error (lower is better)."""
+    return name in ("ece", "mean_ece") or name.startswith("ece/")
+
+
+def best_metric_choices(task: str, names: tuple[str, ...]) -> list[str]:
+    """The metrics a best checkpoint can be chosen by (higher is better): all but calibration."""
+    return [name for name in metric_names(task, names) if not is_calibration(name)]
 
 
 def binary_auc(positive: np.ndarray, score: np.ndarray,
@@ -90,19 +104,21 @@ def binary_auc(positive: np.ndarray, score: np.ndarray,
 
 
 def compute(targets: Targets, probabilities: np.ndarray,
-            weight: Optional[np.ndarray] = None) -> dict[str, float]:
-    """Every metric of the task on [N, C] probabilities; `weight` [N] are image multiplicities."""
+            weight: Optional[np.ndarray] = None,
+            bins: int = calibration.BINS) -> dict[str, float]:
+    """Every metric of the task on [N, C] probabilities; `weight` [N] are image multiplicities,
+    `bins` the calibration bins."""
     if probabilities.shape != (targets.num_images, len(targets.names)):
         raise ValueError(f"probabilities of shape {probabilities.shape} for "
                          f"{targets.num_images} images and {len(targets.names)} classes")
     weight = np.ones(targets.num_images) if weight is None else np.asarray(weight, float)
     if targets.task == schema.MULTICLASS:
-        return _multiclass(targets, probabilities, weight)
-    return _multilabel(targets, probabilities, weight)
+        return _multiclass(targets, probabilities, weight, bins)
+    return _multilabel(targets, probabilities, weight, bins)
 
 
 def _multiclass(targets: Targets, probabilities: np.ndarray,
-                weight: np.ndarray) -> dict[str, float]:
+                weight: np.ndarray, bins: int) -> dict[str, float]:
     keep = (targets.class_id >= 0) & (weight > 0)
     class_id, probabilities, weight = targets.class_id[keep], probabilities[keep], weight[keep]
     if not len(class_id):
@@ -117,17 +133,22 @@ def _multiclass(targets: Targets, probabilities: np.ndarray,
     aucs = {f"auc/{name}": binary_auc(class_id == c, probabilities[:, c], weight)
             for c, name in enumerate(targets.names)}
     result["auc_macro"] = _mean_defined(aucs.values())
+    result["ece"] = calibration.ece(*calibration.multiclass_outcome(class_id, probabilities),
+                                    weight, bins)
     result.update(aucs)
     return result
 
 
 def _multilabel(targets: Targets, probabilities: np.ndarray,
-                weight: np.ndarray) -> dict[str, float]:
-    aucs = {}
+                weight: np.ndarray, bins: int) -> dict[str, float]:
+    aucs, eces = {}, {}
     for j, name in enumerate(targets.names):
         counted = weight * (targets.label_mask[:, j] > 0)
         aucs[f"auc/{name}"] = binary_auc(targets.labels[:, j] > 0.5, probabilities[:, j], counted)
-    return {"mean_auc": _mean_defined(aucs.values()), **aucs}
+        eces[f"ece/{name}"] = calibration.ece(targets.labels[:, j] > 0.5, probabilities[:, j],
+                                              counted, bins)
+    return {"mean_auc": _mean_defined(aucs.values()), "mean_ece": _mean_defined(eces.values()),
+            **aucs, **eces}
 
 
 def _mean_defined(values) -> float:
@@ -170,8 +191,8 @@ def weighted_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -
         return np.where(pairs > 0, wins / pairs, np.nan)
 
 
-def resampled(targets: Targets, probabilities: np.ndarray,
-              weights: np.ndarray) -> dict[str, np.ndarray]:
+def resampled(targets: Targets, probabilities: np.ndarray, weights: np.ndarray,
+              bins: int = calibration.BINS) -> dict[str, np.ndarray]:
     """Every metric of `compute` under B image weightings [B, N] at once: {name: [B]}."""
     if targets.task == schema.MULTICLASS:
         keep = targets.class_id >= 0
@@ -187,14 +208,19 @@ def resampled(targets: Targets, probabilities: np.ndarray,
         aucs = {f"auc/{name}": weighted_auc(class_id == c, probabilities[:, c], weights)
                 for c, name in enumerate(targets.names)}
         result["auc_macro"] = _mean_rows(aucs)
+        result["ece"] = calibration.weighted_ece(
+            *calibration.multiclass_outcome(class_id, probabilities), weights, bins)
+        result.update(aucs)
     else:
-        aucs = {}
+        aucs, eces = {}, {}
         for j, name in enumerate(targets.names):
             counted = targets.label_mask[:, j] > 0
-            aucs[f"auc/{name}"] = weighted_auc(targets.labels[counted, j] > 0.5,
-                                               probabilities[counted, j], weights[:, counted])
-        result = {"mean_auc": _mean_rows(aucs)}
-    result.update(aucs)
+            positive = targets.labels[counted, j] > 0.5
+            aucs[f"auc/{name}"] = weighted_auc(positive, probabilities[counted, j],
+                                               weights[:, counted])
+            eces[f"ece/{name}"] = calibration.weighted_ece(positive, probabilities[counted, j],
+                                                           weights[:, counted], bins)
+        result = {"mean_auc": _mean_rows(aucs), "mean_ece": _mean_rows(eces), **aucs, **eces}
     return result
 
 
@@ -207,17 +233,19 @@ def _mean_rows(values: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def with_intervals(targets: Targets, probabilities: np.ndarray, patient_ids: np.ndarray,
-                   samples: int, seed: int = 0, chunk: int = 100) -> dict[str, dict]:
+                   samples: int, seed: int = 0, chunk: int = 100,
+                   bins: int = calibration.BINS) -> dict[str, dict]:
     """`{name: {"value", "ci95": [low, high], "bootstrap_defined": n}}` for every metric defined
     on the full set (undefined ones are left out: see `undefined_metrics`). `value` comes from
     scikit-learn; the interval from `samples` resamples of the patients, `chunk` at a time."""
-    point = {k: v for k, v in compute(targets, probabilities).items() if not np.isnan(v)}
+    point = {k: v for k, v in compute(targets, probabilities, bins=bins).items()
+             if not np.isnan(v)}
     index, num_patients = patient_index(patient_ids)
     rng = np.random.default_rng(seed)
     draws: dict[str, list] = {name: [] for name in point}
     for start in range(0, samples, chunk):
         weights = resample_weights(index, num_patients, rng, min(chunk, samples - start))
-        values = resampled(targets, probabilities, weights)
+        values = resampled(targets, probabilities, weights, bins)
         for name in point:
             draws[name].append(values[name])
     tail = 100 * (1 - CI_LEVEL) / 2

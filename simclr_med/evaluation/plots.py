@@ -1,7 +1,9 @@
-"""Pictures of an evaluation: ROC curves per class or label, and the multi-class confusion matrix.
+"""Pictures of an evaluation: ROC curves per class or label, the multi-class confusion matrix and
+the reliability diagram.
 
 Drawn on `matplotlib.figure.Figure` objects (the Agg renderer, no pyplot state, no display needed)
-and saved as PNG next to the eval json: `roc_<split>.png`, `confusion_matrix_<split>.png`.
+and saved as PNG next to the eval json: `roc_<split>.png`, `confusion_matrix_<split>.png`,
+`reliability_<split>.png`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from simclr_med.data import schema
+from simclr_med.evaluation import calibration
 from simclr_med.evaluation.metrics import Targets
 
 _LEGEND_INSIDE_MAX = 8  # more curves than this: the legend goes beside the axes
@@ -28,6 +31,8 @@ def write_all(directory: str, split: str, targets: Targets, probs: np.ndarray,
     if targets.task == schema.MULTICLASS:
         paths.append(os.path.join(directory, f"confusion_matrix_{split}.png"))
         _save(confusion_figure(targets, probs, title), paths[1])
+    paths.append(os.path.join(directory, f"reliability_{split}.png"))
+    _save(reliability_figure(targets, probs, title), paths[-1])
     return paths
 
 
@@ -95,4 +100,51 @@ def confusion_figure(targets: Targets, probs: np.ndarray, title: str) -> Figure:
              title=f"Confusion matrix (top-1 accuracy {accuracy:.3f}, {matrix.sum()} images)"
                    f"\n{title}")
     axes.tick_params(axis="x", labelrotation=45)
+    return figure
+
+
+def _outcomes(targets: Targets, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, confidence) of the counted entries: the top class of each labelled image
+    (multi-class), or every unmasked (image, label) entry pooled over the labels (multi-label)."""
+    if targets.task == schema.MULTICLASS:
+        counted = targets.class_id >= 0
+        return calibration.multiclass_outcome(targets.class_id[counted], probs[counted])
+    counted = targets.label_mask > 0
+    return targets.labels[counted] > 0.5, probs[counted]
+
+
+def reliability_figure(targets: Targets, probs: np.ndarray, title: str,
+                       bins: int = calibration.BINS) -> Figure:
+    """Accuracy (multi-class: of the top class; multi-label: share of positives) per equal-width
+    confidence bin against the diagonal, with the number of entries of each bin above its bar."""
+    table = calibration.reliability(*_outcomes(targets, probs), bins)
+    figure = Figure(figsize=(6.5, 6))
+    axes = figure.subplots()
+    width = np.diff(table.edges)
+    filled = table.count > 0
+    axes.bar(table.edges[:-1][filled], table.accuracy[filled], width=width[filled], align="edge",
+             color="tab:blue", edgecolor="white", alpha=0.85, label="observed")
+    axes.bar(table.edges[:-1][filled], (table.confidence - table.accuracy)[filled],
+             bottom=table.accuracy[filled], width=width[filled], align="edge", fill=False,
+             edgecolor="tab:red", hatch="//", linewidth=0.6, label="gap to mean confidence")
+    for left, w, acc, count in zip(table.edges[:-1][filled], width[filled],
+                                   table.accuracy[filled], table.count[filled]):
+        axes.text(left + w / 2, min(acc, 0.93) + 0.02, f"{int(count)}", ha="center",
+                  va="bottom", fontsize=7, rotation=90)
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1,
+              label="perfect calibration")
+    if targets.task == schema.MULTICLASS:
+        kind = "top-class probability"
+        ylabel = "Accuracy of the top class"
+    else:
+        kind = f"label probability, pooled over {len(targets.names)} labels"
+        ylabel = "Share of positives"
+    axes.set(xlim=(0, 1), ylim=(0, 1.05), xlabel=f"Confidence ({kind})", ylabel=ylabel,
+             title=f"Reliability diagram ({kind})\nECE {table.ece:.3f}, "
+                   f"{int(table.count.sum())} entries in {bins} bins; {title}")
+    axes.set_aspect("equal")
+    axes.grid(alpha=0.3)
+    axes.text(0.98, 0.02, "numbers above bars: entries per bin", transform=axes.transAxes,
+              ha="right", va="bottom", fontsize=7, color="dimgrey")
+    axes.legend(loc="upper left", fontsize=8)
     return figure

@@ -255,7 +255,8 @@ def format_metrics_table(result: dict) -> str:
     head = (f"{result['split']} of {result['data_dir']}: {result['num_images']} images, "
             f"{result['num_patients']} patients, step {result['global_step']}")
     rows = sorted(result["metrics"].items(),  # linear before knn/, overall before per-class
-                  key=lambda item: (item[0].startswith("knn/"), "auc/" in item[0], item[0]))
+                  key=lambda item: (item[0].startswith("knn/"),
+                                    "auc/" in item[0] or "ece/" in item[0], item[0]))
     width = max([len("metric")] + [len(name) for name, _ in rows])
     lines = [head, f"{'metric':<{width}}  value   95% CI"]
     for name, entry in rows:

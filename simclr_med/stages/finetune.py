@@ -147,9 +147,9 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
     """
     task, names = source.info.task, tuple(source.info.names)
     best_metric = config.best_metric or metrics.main_metric(task)
-    if best_metric not in metrics.metric_names(task, names):
+    if best_metric not in metrics.best_metric_choices(task, names):
         raise UserError(f"best_metric {best_metric!r} is not one of "
-                        f"{metrics.metric_names(task, names)}")
+                        f"{metrics.best_metric_choices(task, names)}")
     num_examples = count_training_images(source, split, config.label_fraction)
     if not num_examples:
         raise UserError(f"label fraction {config.label_fraction} of split {split!r} holds no "

@@ -171,6 +171,7 @@ class KnnMonitor:
             probs = knn_probabilities(train, test, info, self.config.endpoint, self.config.knn_k)
             values = metrics.compute(_targets(test, info), probs)
             return {f"knn/{name}": values[name] for name in metrics.metric_names(
-                info.task, tuple(info.names)) if not name.startswith("auc/")}
+                info.task, tuple(info.names))
+                    if not name.startswith("auc/") and not metrics.is_calibration(name)}
 
         return on_checkpoint

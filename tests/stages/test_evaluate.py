@@ -120,9 +120,16 @@ def test_predictions_csv_recomputes_every_figure_of_the_eval_json(task, tmp_path
     else:
         assert set(rows[0]) >= {"label/Effusion", "prob/Mass"}
         assert {r["label/Hernia"] for r in rows} == {"0", "1", ""}
+    calibration_names = (["ece"] if task == "multiclass"
+                         else ["mean_ece"] + [f"ece/{n}" for n in targets.names])
+    for name in calibration_names:  # calibration, with its interval, in every evaluation
+        entry = result["metrics"][name]
+        assert 0 <= entry["ci95"][0] <= entry["value"] <= entry["ci95"][1] <= 1, name
+        assert entry["bootstrap_defined"] == 200
     json.dumps(result, allow_nan=False)  # strict JSON: no NaN anywhere
     table = evaluate.format_metrics_table(result)
     assert table.splitlines()[2].startswith(metrics.main_metric(task))
+    assert any(line.startswith(calibration_names[0] + " ") for line in table.splitlines())
 
 
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
@@ -130,10 +137,12 @@ def test_plots_are_written_as_png(task, tmp_path):
     targets, probs, _ = _fabricated(task)
     paths = plots.write_all(str(tmp_path), "test", targets, probs, "test split of fabricated")
     assert [p.rsplit("/", 1)[1] for p in paths] == (
-        ["roc_test.png", "confusion_matrix_test.png"] if task == "multiclass" else ["roc_test.png"])
+        ["roc_test.png", "confusion_matrix_test.png"] if task == "multiclass" else ["roc_test.png"]
+    ) + ["reliability_test.png"]
     for path in paths:
         height, width, _ = mpimg.imread(path).shape
         assert height > 400 and width > 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.rsplit("/", 1)[1] for p in paths)
 
 
 def _save_checkpoint(directory, step: int) -> str:
