@@ -11,6 +11,7 @@ import csv
 import json
 import pathlib
 import shutil
+import types
 
 import keras
 import numpy as np
@@ -265,3 +266,16 @@ def test_frozen_blocks_and_their_batch_norm_statistics_stay_bit_identical(synthe
         identical, statistics = compare(early, tuned, name)
         assert not any(statistics), name  # batch norm in training mode: statistics move
         assert sum(identical) < len(identical) / 2, name
+
+
+@pytest.mark.parametrize("task,names,metric", [
+    ("multiclass", ("a", "b"), "ece"),
+    ("multilabel", ("Effusion", "Hernia"), "mean_ece"),
+    ("multilabel", ("Effusion", "Hernia"), "ece/Hernia")])
+def test_a_calibration_error_is_no_best_metric(task, names, metric):
+    """Lower is better for an ECE: choosing the best checkpoint by it is refused before any work."""
+    source = types.SimpleNamespace(info=types.SimpleNamespace(task=task, names=list(names)),
+                                   data_dir="unused")
+    with pytest.raises(UserError, match=f"best_metric '{metric}' is not one of"):
+        finetune(ModelConfig(), OptimConfig(), None, source, TrainConfig(model_dir="unused"),
+                 FinetuneConfig(best_metric=metric), None)
