@@ -97,7 +97,8 @@ def test_ham_model_beats_chance_with_its_interval_and_writes_every_file(ham_run)
     assert len(rows) == 232 and list(rows[0])[:3] == ["image_id", "patient_id", "label"]
     probs = np.array([[float(r[f"prob/{c}"]) for c in record.class_names] for r in rows])
     assert np.allclose(probs.sum(axis=1), 1.0)
-    for name in ("eval_test.json", "roc_test.png", "confusion_matrix_test.png", "summary.json"):
+    for name in ("eval_test.json", "roc_test.png", "confusion_matrix_test.png", "reliability_test.png",
+                 "summary.json"):
         assert (model_dir / name).exists(), name
 
 
