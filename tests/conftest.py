@@ -9,6 +9,7 @@ is marked `subprocess`; `make test-fast` leaves those out, with the `slow` and `
 ones. The mark is checked: an unmarked test that starts a process fails, naming itself.
 """
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -46,26 +47,23 @@ def pytest_runtest_call(item):
         return (yield)
 
 
-class _processes_refused_unless_marked:
+@contextlib.contextmanager
+def _processes_refused_unless_marked(item):
     """While an unmarked test (and the fixtures it sets up) runs, `subprocess.Popen` raises."""
+    if any(item.get_closest_marker(m) for m in ("subprocess", "multiprocess")):
+        yield
+        return
 
-    def __init__(self, item):
-        self.item = item
+    def refuse(popen, *args, **kwargs):
+        raise UnmarkedSubprocess(f"{item.nodeid} starts a process: mark it "
+                                 "@pytest.mark.subprocess (make test-fast leaves it out)")
 
-    def __enter__(self):
-        self.original = subprocess.Popen.__init__
-        if not any(self.item.get_closest_marker(m) for m in ("subprocess", "multiprocess")):
-            nodeid = self.item.nodeid
-
-            def refuse(popen, *args, **kwargs):
-                raise UnmarkedSubprocess(f"{nodeid} starts a process: mark it "
-                                         "@pytest.mark.subprocess (make test-fast leaves it out)")
-
-            subprocess.Popen.__init__ = refuse
-
-    def __exit__(self, *exc):
-        subprocess.Popen.__init__ = self.original
-        return False
+    original = subprocess.Popen.__init__
+    subprocess.Popen.__init__ = refuse
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = original
 
 
 def skip_unless_required(reason: str) -> None:
