@@ -18,6 +18,9 @@ build's `dataset_info.json` and shards, or a TFDS data set):
   train_then_eval  finetune, then evaluate      as both                       as both
   export         export.export                  DIR (best/ or latest)         --export_dir: features/,
                                                                               serving/ SavedModels
+  embed          linear_eval.load_encoder,      DIR or --init_checkpoint,     embeddings_<split>.npz,
+                 then embed.embed               DATA                          embedding_map_<split>.png,
+                                                                              projector_<split>/
 
 Every mode also appends to DIR/flags_history.jsonl (a finished training run started again
 writes nothing). Building DATA is `python -m data_prep.build`;
@@ -34,11 +37,11 @@ if __name__ == "__main__":  # hide TensorFlow's start-up notices, before the imp
 from absl import flags, logging
 
 from data_prep import synthetic
-from flags import export_flags, finetune_flags, run_flags
+from flags import embed_flags, export_flags, finetune_flags, run_flags
 from simclr_med.config import DataConfig
 from simclr_med.data import reader
 from simclr_med.errors import UserError
-from simclr_med.stages import export
+from simclr_med.stages import embed, export
 from simclr_med.stages.evaluate import evaluate, format_metrics_table
 from simclr_med.stages.finetune import finetune
 from simclr_med.stages.linear_eval import KnnMonitor, linear_eval, load_encoder
@@ -78,7 +81,8 @@ def open_source(data: DataConfig, mode: str) -> reader.Source:
 
 def flag_values() -> dict:
     """Every flag of run.py with its value, for the folder's flag records."""
-    return {flag.name: flag.value for module in (run_flags, finetune_flags, export_flags)
+    return {flag.name: flag.value
+            for module in (run_flags, finetune_flags, export_flags, embed_flags)
             for flag in FLAGS.get_flags_for_module(module.__name__)}
 
 
@@ -89,6 +93,19 @@ def export_model() -> None:
                            FLAGS.eval_checkpoint, export_flags.max_image_pixels())
     print(f"exported {result.checkpoint} (step {result.global_step}):\n"
           + "\n".join(f"  {name}: {path}" for name, path in result.paths.items()))
+
+
+def embed_map(model_dir: str, init_checkpoint: str, source: reader.Source) -> None:
+    """The embedding files of --eval_split (`--mode=embed`)."""
+    config = embed_flags.embed_config()
+    model, weights, step = load_encoder(model_dir, init_checkpoint, run_flags.model_config(),
+                                        config.checkpoint)
+    result = embed.embed(model, source, config, config.output_dir or model_dir,
+                         checkpoint=weights, global_step=step)
+    print(f"embedding map ({result.method}) of {result.num_images} of the "
+          f"{result.num_split_images} images ({result.num_patients} of "
+          f"{result.num_split_patients} patients) of split {config.eval_split}:\n"
+          + "\n".join(f"  {path}" for path in result.paths.values()))
 
 
 def report_training(stage: str, summary: dict, model_dir: str, details: str) -> None:
@@ -107,7 +124,8 @@ def main() -> None:
     distribution = strategy.build_strategy(run_flags.strategy_config())
     source = open_source(run_flags.data_config(), FLAGS.mode)
     train = run_flags.train_config()
-    if FLAGS.mode in ("eval", "linear_eval"):  # training modes record theirs once they train
+    # Training modes record theirs once they train.
+    if FLAGS.mode in ("eval", "linear_eval", "embed"):
         record_flags(train.model_dir, f"flags_{FLAGS.mode}.json", flag_values())
     if FLAGS.mode == "pretrain":
         monitor = (KnnMonitor(source, finetune_flags.linear_eval_config(FLAGS.monitor_max_images))
@@ -137,6 +155,8 @@ def main() -> None:
         print(format_metrics_table(linear_eval(
             model, source, finetune_flags.linear_eval_config(), finetune_flags.eval_config(),
             train.model_dir, checkpoint=weights, global_step=step)))
+    if FLAGS.mode == "embed":
+        embed_map(train.model_dir, train.init_checkpoint, source)
 
 
 if __name__ == "__main__":

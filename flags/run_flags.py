@@ -19,7 +19,7 @@ from simclr_med.config import (AUGMENT_PRESETS, LEARNING_RATE_SCALINGS, OPTIMIZE
 
 FLAGS = flags.FLAGS
 
-MODES = ["pretrain", "finetune", "eval", "linear_eval", "train_then_eval", "export"]
+MODES = ["pretrain", "finetune", "eval", "linear_eval", "train_then_eval", "export", "embed"]
 DEFAULT_AUGMENTATION = "simclr"
 
 MODEL = ConfigFlags(ModelConfig)

@@ -215,3 +215,27 @@ class LinearEvalConfig:
                              f"{self.endpoint!r}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+
+
+# auto: UMAP where umap-learn is installed, else t-SNE.
+EMBED_METHODS = ("auto", "umap", "tsne", "pca")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """The embedding map of one split: `final_avg_pool` features, a 2-D map, projector files."""
+
+    eval_split: str = "validation"
+    method: str = "auto"  # one of EMBED_METHODS
+    max_images: int = 2000  # > 0: at most this many images, whole patients drawn with `seed`
+    label: str = ""  # multi-label: colour by this label; "": any label positive vs none
+    seed: int = 0  # of the patient subset, the cases joined by lines and t-SNE / UMAP
+    batch_size: int = 256
+    checkpoint: str = "auto"  # auto (best if kept, else latest) | best | latest | a prefix
+    output_dir: str = ""  # where the files go; "" = the model folder
+
+    def __post_init__(self) -> None:
+        if self.method not in EMBED_METHODS:
+            raise ValueError(f"embed_method must be one of {EMBED_METHODS}, got {self.method!r}")
+        if self.max_images < 0:
+            raise ValueError(f"embed_max_images must be >= 0, got {self.max_images}")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -99,28 +100,58 @@ def training_dataset(source: Source, split: str, spec: LabelledSpec, batch_size:
     return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def evaluation_dataset(source: Source, split: str, image_size: int, crop_proportion: float,
-                       batch_size: int, max_images: int = 0,
-                       label_fraction: float = 1.0) -> tf.data.Dataset:
-    """Finite batches of every image of `split` (the first `max_images` when > 0): `image`,
-    `image_id`, `patient_id` and the labels. Unlabelled images are kept (predictions are
-    written for them); the metrics skip them."""
+def _identified(source: Source, split: str, label_fraction: float) -> tf.data.Dataset:
+    """The images of `split` (of the label fraction's patients), not decoded, each with an
+    `image_id` and a `patient_id` (TFDS: its position, and each image its own patient)."""
     images = (_read_selected(source, split, label_fraction) if label_fraction < 1.0
               else read_images(source, split))
+
+    def with_ids(index, image):
+        image = dict(image)
+        image["image_id"] = image.get("image_id", tf.strings.as_string(index))
+        image["patient_id"] = image.get("patient_id", image["image_id"])
+        return image
+
+    return images.enumerate().map(with_ids, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def evaluation_dataset(source: Source, split: str, image_size: int, crop_proportion: float,
+                       batch_size: int, max_images: int = 0, label_fraction: float = 1.0,
+                       patients: Optional[Sequence[str]] = None) -> tf.data.Dataset:
+    """Finite batches of every image of `split` (the first `max_images` when > 0; only those of
+    `patients` when given): `image`, `image_id`, `patient_id` and the labels. Unlabelled images
+    are kept (predictions are written for them); the metrics skip them."""
+    images = _identified(source, split, label_fraction)
     if max_images:
         images = images.take(max_images)
+    if patients is not None:
+        chosen = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(patients), tf.string), tf.ones([len(patients)], tf.int32)), 0)
+        images = images.filter(lambda image: chosen.lookup(image["patient_id"]) > 0)
 
-    def to_example(index, image):
+    def to_example(image):
         example = {"image": preprocess.preprocess_for_eval(_pixels(image), image_size,
                                                            crop_proportion)}
-        example.update({k: image[k] for k in LABEL_FIELDS if k in image})
-        example["image_id"] = image.get("image_id", tf.strings.as_string(index))
-        example["patient_id"] = image.get("patient_id", example["image_id"])
+        example.update({k: image[k] for k in (*LABEL_FIELDS, "image_id", "patient_id")
+                        if k in image})
         return example
 
-    examples = images.enumerate().map(to_example, num_parallel_calls=AUTOTUNE,
-                                      deterministic=True)
+    examples = images.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
     return examples.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def image_ids(source: Source, split: str) -> dict[str, np.ndarray]:
+    """`image_id`, `patient_id` and, for a data_prep build, `case_id` (str arrays) of every image
+    of `split`, in the order `evaluation_dataset` reads them; no image is decoded."""
+    fields = ("image_id", "patient_id", "case_id")
+    ids = _identified(source, split, 1.0).map(
+        lambda image: {k: image[k] for k in fields if k in image})
+    collected: dict[str, list[bytes]] = {}
+    for batch in ids.batch(4096):
+        for key, value in batch.items():
+            collected.setdefault(key, []).extend(value.numpy().tolist())
+    return {k: np.asarray([v.decode() for v in values], dtype=str)
+            for k, values in collected.items()}
 
 
 def unlabelled_reason(source: Source, split: str) -> str:
