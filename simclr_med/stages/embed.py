@@ -14,6 +14,7 @@ Files (into `EmbedConfig.output_dir`, default the model folder): `embeddings_<sp
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 import numpy as np
@@ -100,8 +101,10 @@ def embed(model: SimCLRModel, source: Source, config: EmbedConfig, output_dir: s
               "checkpoint": np.asarray(checkpoint), "global_step": np.asarray(global_step)}
     if case_id is not None:
         arrays["case_id"] = case_id
+    buffer = io.BytesIO()  # np.savez seeks, which a GFile cannot
+    np.savez(buffer, **arrays)
     with tf.io.gfile.GFile(paths["npz"], "wb") as f:
-        np.savez(f, **arrays)
+        f.write(buffer.getvalue())
     title = (f"{evaluate.data_title(source, split)}; weights {os.path.basename(checkpoint)} "
              f"(step {global_step})")
     embedding_map.save_figure(embedding_map.map_figure(xy, colours, lines, method, title),
