@@ -136,8 +136,8 @@ def case_lines(case_id: np.ndarray, seed: int, num_cases: int = CASES_JOINED) ->
 
 def map_figure(xy: np.ndarray, colours: Colouring, lines: Sequence[np.ndarray], method: str,
                title: str) -> Figure:
-    """The 2-D map: one point per image coloured by its group, lines joining the images of the
-    chosen cases."""
+    """The 2-D map: one point per image coloured by its group; the images of each chosen case
+    circled and joined by lines to the case's centre."""
     figure = Figure(figsize=(8.5, 6.5))
     axes = figure.subplots()
     palette = colormaps["tab10" if len(colours.names) <= 10 else "tab20"]
@@ -148,12 +148,16 @@ def map_figure(xy: np.ndarray, colours: Colouring, lines: Sequence[np.ndarray], 
         colour = UNKNOWN_COLOUR if index in colours.unknown else palette(index % palette.N)
         axes.scatter(xy[members, 0], xy[members, 1], s=9, color=colour, alpha=0.75,
                      linewidths=0, label=f"{name} ({int(members.sum())})")
-    for members in lines:
-        axes.plot(xy[members, 0], xy[members, 1], color="black", linewidth=0.8, alpha=0.8,
-                  marker="o", markersize=3.5, markerfacecolor="none")
+    for members in lines:  # a star from the case's centre: readable for cases of any size
+        centre = xy[members].mean(axis=0)
+        for point in xy[members]:
+            axes.plot([centre[0], point[0]], [centre[1], point[1]], color="black",
+                      linewidth=0.8, alpha=0.8)
+        axes.scatter(xy[members, 0], xy[members, 1], s=22, facecolors="none",
+                     edgecolors="black", linewidths=0.8)
     handles, labels = axes.get_legend_handles_labels()
     if lines:
-        handles.append(Line2D([], [], color="black", linewidth=0.8, marker="o", markersize=3.5,
+        handles.append(Line2D([], [], color="black", linewidth=0.8, marker="o", markersize=4.5,
                               markerfacecolor="none"))
         labels.append(f"images of one case ({len(lines)} cases with >= 2 images)")
     axes.legend(handles, labels, title=f"colour: {colours.rule}", loc="upper left",

@@ -129,3 +129,22 @@ def test_a_missing_split_or_model_folder_is_the_users_error(pretrained, source, 
                     checkpoint="", global_step=0)
     with pytest.raises(UserError, match="not a simclr-med model folder"):
         linear_eval.load_encoder(str(tmp_path / "missing"), "", TINY)
+
+
+@pytest.mark.slow  # about 20-35 s on 2 shared cores, the NIH build included
+def test_a_multilabel_build_is_coloured_by_the_labels_rule(nih_build, tmp_path):
+    """NIH (multi-label, patients with follow-ups): labels, masks and names in the npz, every
+    point in the group of its labels, the metadata naming each image's positive labels."""
+    source = open_build(str(nih_build))
+    _model_folder(tmp_path, 0, seed=3)
+    _, result = _run(tmp_path, source, max_images=100, label="Effusion")
+    data = np.load(tmp_path / f"embeddings_{SPLIT}.npz")
+    n, names = result.num_images, list(data["label_names"])
+    assert n <= 100 and data["labels"].shape == data["label_mask"].shape == (n, len(names))
+    assert result.num_patients < n  # whole patients, several images each
+    effusion = data["labels"][:, names.index("Effusion")] > 0.5
+    assert np.array_equal(data["map_group"] == 0, effusion)
+    rows = (tmp_path / f"projector_{SPLIT}" / "metadata.tsv").read_text().splitlines()[1:]
+    for row, labels in zip(rows, data["labels"]):
+        positive = [name for name, value in zip(names, labels) if value > 0.5]
+        assert row.split("\t")[3] == ("|".join(positive) or "none")
