@@ -29,7 +29,7 @@ import functools
 import os
 import stat
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -44,18 +44,22 @@ SPLITS = (splits.TRAIN, splits.VALIDATION, splits.TEST)
 
 
 @dataclasses.dataclass
-class _Image:
+class PlannedImage:
+    """An image of the manifest whose file exists inside the image root, still to be read."""
+
     row: ImageRow
     path: str  # absolute, normalised
     size: int  # bytes on disk
 
 
 @dataclasses.dataclass
-class _Case:
+class PlannedCase:
+    """A case as planned before its images are read: its split, images and label-fraction rank."""
+
     case_id: str
     patient_id: str
     split: str
-    images: list[_Image] = dataclasses.field(default_factory=list)
+    images: list[PlannedImage] = dataclasses.field(default_factory=list)
     rank: float = 1.0
 
 
@@ -72,8 +76,14 @@ class _SplitTally:
                 "images": sum(self.images.values())}
 
 
-def build_dataset(config: BuildConfig) -> dict:
-    """Builds the data set `config` describes; returns the report (also saved as report.json)."""
+def build_dataset(config: BuildConfig, beam_args: Sequence[str] = ()) -> dict:
+    """Builds the data set `config` describes; returns the report (also saved as report.json).
+
+    `beam_args`: the Apache Beam pipeline options of `config.runner == "beam"` (e.g.
+    `--runner=DirectRunner --direct_num_workers=2`); only the per-image work and the writing of
+    the shards run as the pipeline (data_prep.beam_pipeline), everything else as for the local
+    runner, so both give the same files.
+    """
     started = time.perf_counter()
     image_root = os.path.realpath(config.image_root)
     if not os.path.isdir(image_root):
@@ -99,7 +109,16 @@ def build_dataset(config: BuildConfig) -> dict:
         case.rank = ranks.get(case.patient_id, 1.0)
     stages["cases_and_splits"] = time.perf_counter() - started - sum(stages.values())
     num_labels = len(source.names) if source.task == schema.MULTILABEL else 0
-    tallies, shards, empty_cases = _write_cases(cases, num_labels, config, image_root, ledger)
+    options = images.ImageOptions(image_root, config.image_size, config.max_image_pixels)
+    written = Written(ledger)
+    if config.runner == "beam":
+        from data_prep import beam_pipeline  # apache-beam is an optional dependency
+
+        write = functools.partial(beam_pipeline.write_cases, pipeline_args=beam_args)
+    else:
+        write = _write_local
+    shards = write(_write_order(cases, config.split_seed), num_labels, config, options, written)
+    tallies, empty_cases = written.tallies, written.empty_cases
     stages["images"] = time.perf_counter() - started - sum(stages.values())
 
     split_counts = {split: tallies[split].counts() for split in SPLITS}
@@ -136,7 +155,7 @@ def _drop_duplicates(rows: list[ImageRow], ledger: Ledger) -> list[ImageRow]:
     return unique
 
 
-def _locate(rows: list[ImageRow], image_root: str, ledger: Ledger) -> Iterator[_Image]:
+def _locate(rows: list[ImageRow], image_root: str, ledger: Ledger) -> Iterator[PlannedImage]:
     """Rows whose path lies inside the image root and names an existing file."""
     for row in rows:
         path = os.path.normpath(os.path.join(image_root, row.path))
@@ -154,18 +173,20 @@ def _locate(rows: list[ImageRow], image_root: str, ledger: Ledger) -> Iterator[_
         if not stat.S_ISREG(status.st_mode):
             ledger.skip(images.MISSING_FILE, row.ref, f"{row.path} is not a file")
             continue
-        yield _Image(row, path, status.st_size)
+        yield PlannedImage(row, path, status.st_size)
 
 
-def _group_cases(located: Iterator[_Image], split_of: Callable[[str], str]) -> list[_Case]:
+def _group_cases(located: Iterator[PlannedImage],
+                 split_of: Callable[[str], str]) -> list[PlannedCase]:
     """Cases with their images in image-id order; a case spanning two patients is an error."""
-    cases: dict[str, _Case] = {}
+    cases: dict[str, PlannedCase] = {}
     conflicts = []
     for image in located:
         row = image.row
         case = cases.get(row.case_id)
         if case is None:
-            case = cases[row.case_id] = _Case(row.case_id, row.patient_id, split_of(row.patient_id))
+            case = cases[row.case_id] = PlannedCase(row.case_id, row.patient_id,
+                                                    split_of(row.patient_id))
         if case.patient_id != row.patient_id:
             conflicts.append(f"{row.ref}: case {row.case_id!r} has patient {row.patient_id!r} "
                              f"here and {case.patient_id!r} before")
@@ -179,7 +200,7 @@ def _group_cases(located: Iterator[_Image], split_of: Callable[[str], str]) -> l
     return list(cases.values())
 
 
-def _label_fraction_ranks(cases: list[_Case], task: str, seed: int) -> dict[str, float]:
+def _label_fraction_ranks(cases: list[PlannedCase], task: str, seed: int) -> dict[str, float]:
     """Ranks of the training patients (see `data_prep.splits`)."""
     by_patient = collections.defaultdict(list)
     for case in cases:
@@ -192,67 +213,91 @@ def _label_fraction_ranks(cases: list[_Case], task: str, seed: int) -> dict[str,
     return splits.label_fraction_ranks(strata, seed)
 
 
-def _write_cases(cases: list[_Case], num_labels: int, config: BuildConfig, image_root: str,
-                 ledger: Ledger) -> tuple[dict[str, _SplitTally], dict[str, list[schema.ShardInfo]],
-                                          int]:
-    """Reads the images in parallel and writes one record per case; returns what was written."""
-    ordered = sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
-        config.split_seed, "order", case.case_id), case.case_id))
-    estimated = collections.Counter()
+def _write_order(cases: list[PlannedCase], seed: int) -> list[PlannedCase]:
+    """The cases in the order they are written: by split, then a seeded hash of the case id."""
+    return sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
+        seed, "order", case.case_id), case.case_id))
+
+
+def estimated_bytes(cases: list[PlannedCase]) -> dict[str, int]:
+    """Per split, the size of its image files on disk (what `writer.ShardPlan` plans from)."""
+    estimated = dict.fromkeys(SPLITS, 0)
     for case in cases:
         estimated[case.split] += sum(image.size for image in case.images)
+    return estimated
+
+
+@dataclasses.dataclass
+class Written:
+    """What the build wrote, case by case in write order: the tallies per split and the cases
+    left without any image; the skipped images go to the ledger."""
+
+    ledger: Ledger
+    tallies: dict[str, _SplitTally] = dataclasses.field(
+        default_factory=lambda: {split: _SplitTally() for split in SPLITS})
+    empty_cases: int = 0
+
+    def add(self, case: PlannedCase, outcomes: list[images.Outcome]) -> list[schema.ImageEntry]:
+        """Counts one case from its images' outcomes; returns the entries of its record."""
+        for image, outcome in zip(case.images, outcomes, strict=True):
+            if outcome.reason:
+                self.ledger.skip(outcome.reason, image.row.ref, outcome.detail)
+        entries = case_entries(case, outcomes)
+        if not entries:
+            self.empty_cases += 1
+            return entries
+        self.ledger.images_written += len(entries)
+        tally = self.tallies[case.split]
+        tally.images[case.patient_id] += len(entries)
+        tally.cases[case.patient_id] += 1
+        tally.unlabelled_images += sum(
+            1 for entry in entries if entry.class_id < 0 and not any(entry.label_mask))
+        return entries
+
+
+def case_entries(case: PlannedCase, outcomes: list[images.Outcome]) -> list[schema.ImageEntry]:
+    """The case's images that could be read, as record entries."""
+    return [schema.ImageEntry(encoded=outcome.encoded, image_id=image.row.image_id,
+                              view=image.row.view, class_id=image.row.class_id,
+                              labels=image.row.labels, label_mask=image.row.label_mask)
+            for image, outcome in zip(case.images, outcomes, strict=True) if not outcome.reason]
+
+
+def case_record(case: PlannedCase, entries: list[schema.ImageEntry], num_labels: int) -> bytes:
+    return schema.encode_case(schema.Case(case.case_id, case.patient_id, entries, case.rank),
+                              num_labels)
+
+
+def _write_local(ordered: list[PlannedCase], num_labels: int, config: BuildConfig,
+                 options: images.ImageOptions,
+                 written: Written) -> dict[str, list[schema.ShardInfo]]:
+    """Reads the images in worker processes (data_prep.parallel) and writes one record per case,
+    streaming; returns the shards."""
+    estimated = estimated_bytes(ordered)
     shard_bytes = int(config.shard_size_mb * 2**20)
     writers = {split: writer.ShardedWriter(config.output_dir, split, estimated[split], shard_bytes)
                for split in SPLITS}
-    options = images.ImageOptions(image_root, config.image_size, config.max_image_pixels)
     outcomes = parallel.ordered_map(functools.partial(images.load_image, options=options),
                                     (image.path for case in ordered for image in case.images),
                                     config.workers)
-    tallies = {split: _SplitTally() for split in SPLITS}
-    empty_cases = 0
     try:
         with contextlib.closing(outcomes), tqdm(
-                total=sum(len(case.images) for case in cases), unit="image", desc="images",
+                total=sum(len(case.images) for case in ordered), unit="image", desc="images",
                 disable=not config.progress, mininterval=1.0) as progress:
             for case in ordered:
-                entries = _case_entries(case, outcomes, ledger, progress)
-                if not entries:
-                    empty_cases += 1
-                    continue
-                writers[case.split].write(schema.encode_case(schema.Case(
-                    case.case_id, case.patient_id, entries, case.rank), num_labels))
-                ledger.images_written += len(entries)
-                tally = tallies[case.split]
-                tally.images[case.patient_id] += len(entries)
-                tally.cases[case.patient_id] += 1
-                tally.unlabelled_images += sum(
-                    1 for entry in entries if entry.class_id < 0 and not any(entry.label_mask))
-        shards = {split: writers[split].finish() for split in SPLITS}
+                case_outcomes = [next(outcomes) for _ in case.images]
+                progress.update(len(case_outcomes))
+                entries = written.add(case, case_outcomes)
+                if entries:
+                    writers[case.split].write(case_record(case, entries, num_labels))
+        return {split: writers[split].finish() for split in SPLITS}
     except BaseException:
         for shard_writer in writers.values():
             shard_writer.discard()
         raise
-    return tallies, shards, empty_cases
 
 
-def _case_entries(case: _Case, outcomes: Iterator[images.Outcome], ledger: Ledger,
-                  progress: tqdm) -> list[schema.ImageEntry]:
-    """The case's images that could be read; the others are counted as skipped."""
-    entries = []
-    for image in case.images:
-        outcome = next(outcomes)
-        progress.update()
-        if outcome.reason:
-            ledger.skip(outcome.reason, image.row.ref, outcome.detail)
-            continue
-        row = image.row
-        entries.append(schema.ImageEntry(
-            encoded=outcome.encoded, image_id=row.image_id, view=row.view,
-            class_id=row.class_id, labels=row.labels, label_mask=row.label_mask))
-    return entries
-
-
-def _label_fractions(cases: list[_Case], train: _SplitTally, seed: int) -> dict:
+def _label_fractions(cases: list[PlannedCase], train: _SplitTally, seed: int) -> dict:
     """`label_fractions.json`: per standard fraction, the training patients it selects."""
     ranks = {case.patient_id: case.rank for case in cases if case.patient_id in train.images}
     fractions = {}
@@ -272,7 +317,8 @@ def main() -> None:
     # has flags of its own, such as --image_size) defines no flags.
     from flags import build_flags, entry_point
 
-    entry_point.run(lambda: print(format_summary(build_dataset(build_flags.build_config()))))
+    entry_point.run(lambda args: print(format_summary(build_dataset(
+        build_flags.build_config(), beam_args=build_flags.beam_args(args)))), takes_args=True)
 
 
 if __name__ == "__main__":
