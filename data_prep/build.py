@@ -91,23 +91,8 @@ def build_dataset(config: BuildConfig, beam_args: Sequence[str] = ()) -> dict:
     writer.prepare_output_dir(config.output_dir, config.overwrite)
     ledger = Ledger(config.on_error)
     source = formats.make_format(config)
-    parsed = manifest.read_manifest(config.manifests, source, config.split_column)
-    stages = {"read_manifest": time.perf_counter() - started}
-    ledger.rows_in = parsed.rows_in
-    for skipped in parsed.skips:
-        ledger.skip(skipped.reason, skipped.ref, skipped.detail)
-    rows = _drop_duplicates(parsed.rows, ledger)
-    if config.split_column:
-        split_of = splits.official_splits(rows).__getitem__
-    else:
-        split_of = functools.cache(functools.partial(
-            splits.hash_split, val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction, seed=config.split_seed))
-    cases = _group_cases(_locate(rows, image_root, ledger), split_of)
-    ranks = _label_fraction_ranks(cases, source.task, config.split_seed)
-    for case in cases:
-        case.rank = ranks.get(case.patient_id, 1.0)
-    stages["cases_and_splits"] = time.perf_counter() - started - sum(stages.values())
+    stages: dict[str, float] = {}
+    cases = plan_cases(config, source, image_root, ledger, stages)
     num_labels = len(source.names) if source.task == schema.MULTILABEL else 0
     options = images.ImageOptions(image_root, config.image_size, config.max_image_pixels)
     written = Written(ledger)
@@ -117,7 +102,7 @@ def build_dataset(config: BuildConfig, beam_args: Sequence[str] = ()) -> dict:
         write = functools.partial(beam_pipeline.write_cases, pipeline_args=beam_args)
     else:
         write = _write_local
-    shards = write(_write_order(cases, config.split_seed), num_labels, config, options, written)
+    shards = write(write_order(cases, config.split_seed), num_labels, config, options, written)
     tallies, empty_cases = written.tallies, written.empty_cases
     stages["images"] = time.perf_counter() - started - sum(stages.values())
 
@@ -136,6 +121,32 @@ def build_dataset(config: BuildConfig, beam_args: Sequence[str] = ()) -> dict:
         stage_seconds={stage: round(seconds, 3) for stage, seconds in stages.items()})
     save_json(report, f"{config.output_dir}/{schema.REPORT_FILE}")
     return report
+
+
+def plan_cases(config: BuildConfig, source: manifest.RowParser, image_root: str, ledger: Ledger,
+               stages: dict[str, float]) -> list[PlannedCase]:
+    """Everything before the images are read, the same for every runner: the manifest (every row
+    counted into `ledger`), duplicates, paths outside the image root and missing files, cases,
+    the patient split and the label-fraction ranks. Adds the two stages' seconds to `stages`."""
+    started = time.perf_counter()
+    parsed = manifest.read_manifest(config.manifests, source, config.split_column)
+    stages["read_manifest"] = time.perf_counter() - started
+    ledger.rows_in = parsed.rows_in
+    for skipped in parsed.skips:
+        ledger.skip(skipped.reason, skipped.ref, skipped.detail)
+    rows = _drop_duplicates(parsed.rows, ledger)
+    if config.split_column:
+        split_of = splits.official_splits(rows).__getitem__
+    else:
+        split_of = functools.cache(functools.partial(
+            splits.hash_split, val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction, seed=config.split_seed))
+    cases = _group_cases(_locate(rows, image_root, ledger), split_of)
+    ranks = _label_fraction_ranks(cases, source.task, config.split_seed)
+    for case in cases:
+        case.rank = ranks.get(case.patient_id, 1.0)
+    stages["cases_and_splits"] = time.perf_counter() - started - stages["read_manifest"]
+    return cases
 
 
 def _drop_duplicates(rows: list[ImageRow], ledger: Ledger) -> list[ImageRow]:
@@ -213,7 +224,7 @@ def _label_fraction_ranks(cases: list[PlannedCase], task: str, seed: int) -> dic
     return splits.label_fraction_ranks(strata, seed)
 
 
-def _write_order(cases: list[PlannedCase], seed: int) -> list[PlannedCase]:
+def write_order(cases: list[PlannedCase], seed: int) -> list[PlannedCase]:
     """The cases in the order they are written: by split, then a seeded hash of the case id."""
     return sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
         seed, "order", case.case_id), case.case_id))
