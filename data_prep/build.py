@@ -27,10 +27,12 @@ import contextlib
 import dataclasses
 import functools
 import os
+import posixpath
 import stat
 import time
 from typing import Callable, Iterator, Sequence
 
+import tensorflow as tf
 from tqdm import tqdm
 
 from data_prep import formats, images, manifest, parallel, splits, writer
@@ -85,9 +87,7 @@ def build_dataset(config: BuildConfig, beam_args: Sequence[str] = ()) -> dict:
     runner, so both give the same files.
     """
     started = time.perf_counter()
-    image_root = os.path.realpath(config.image_root)
-    if not os.path.isdir(image_root):
-        raise UserError(f"image root {config.image_root!r} is not a folder")
+    image_root = _image_root(config)
     writer.prepare_output_dir(config.output_dir, config.overwrite)
     ledger = Ledger(config.on_error)
     source = formats.make_format(config)
@@ -149,6 +149,21 @@ def plan_cases(config: BuildConfig, source: manifest.RowParser, image_root: str,
     return cases
 
 
+def _image_root(config: BuildConfig) -> str:
+    """The image root as a real local path (links followed), or a bucket's URL (Beam only)."""
+    if not images.is_url(config.image_root):
+        image_root = os.path.realpath(config.image_root)
+        if not os.path.isdir(image_root):
+            raise UserError(f"image root {config.image_root!r} is not a folder")
+        return image_root
+    if config.runner != "beam":
+        raise UserError(f"--image_root={config.image_root}: the local runner reads images from "
+                        f"a local folder; --runner=beam reads them from a bucket")
+    if not tf.io.gfile.isdir(config.image_root):
+        raise UserError(f"image root {config.image_root!r} is not a folder")
+    return config.image_root.rstrip("/")
+
+
 def _drop_duplicates(rows: list[ImageRow], ledger: Ledger) -> list[ImageRow]:
     """The first row of each image id and of each path; later ones are skipped as duplicates."""
     first_ref: dict[str, str] = {}
@@ -169,22 +184,51 @@ def _drop_duplicates(rows: list[ImageRow], ledger: Ledger) -> list[ImageRow]:
 def _locate(rows: list[ImageRow], image_root: str, ledger: Ledger) -> Iterator[PlannedImage]:
     """Rows whose path lies inside the image root and names an existing file."""
     for row in rows:
-        path = os.path.normpath(os.path.join(image_root, row.path))
-        if not images.is_inside(path, image_root):
+        path = _image_path(image_root, row.path)
+        if path is None:
             ledger.skip(images.OUTSIDE_ROOT, row.ref, f"{row.path} is outside {image_root}")
             continue
         try:
-            status = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+            size = _file_size(path)
+        except FileNotFoundError:
             ledger.skip(images.MISSING_FILE, row.ref, f"{row.path} not found in {image_root}")
             continue
         except OSError as error:
             ledger.skip(images.UNREADABLE_FILE, row.ref, f"{row.path}: {error}")
             continue
-        if not stat.S_ISREG(status.st_mode):
+        if size is None:
             ledger.skip(images.MISSING_FILE, row.ref, f"{row.path} is not a file")
             continue
-        yield PlannedImage(row, path, status.st_size)
+        yield PlannedImage(row, path, size)
+
+
+def _image_path(image_root: str, path: str) -> str | None:
+    """`path` (relative to the root, or absolute) joined to the root and normalised; None when it
+    leads outside the root."""
+    if not images.is_url(image_root):
+        joined = os.path.normpath(os.path.join(image_root, path))
+        return joined if images.is_inside(joined, image_root) else None
+    scheme, root = image_root.split("://", 1)
+    joined = posixpath.normpath(posixpath.join("/" + root, path))
+    return f"{scheme}:/{joined}" if images.is_inside(joined, "/" + root) else None
+
+
+def _file_size(path: str) -> int | None:
+    """The size of the file at `path`, None if it is not a file; FileNotFoundError if nothing is
+    there."""
+    if images.is_url(path):
+        try:
+            status = tf.io.gfile.stat(path)
+        except tf.errors.NotFoundError:
+            raise FileNotFoundError(path) from None
+        except tf.errors.OpError as error:
+            raise OSError(error.message) from None
+        return None if status.is_directory else status.length
+    try:
+        status = os.stat(path)
+    except NotADirectoryError:
+        raise FileNotFoundError(path) from None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
 
 
 def _group_cases(located: Iterator[PlannedImage],

@@ -12,8 +12,9 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 
-from data_prep import beam_pipeline, build, formats
+from data_prep import beam_pipeline, build, formats, writer
 from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
 from data_prep.report import BuildError, Ledger
@@ -32,7 +33,8 @@ OUTPUT_FILES = ("*.tfrecord", "dataset_info.json", "label_fractions.json")
 
 def _files(output_dir) -> dict[str, bytes]:
     """Everything a build leaves in its folder but report.json, by name."""
-    paths = sorted(path for pattern in OUTPUT_FILES for path in pathlib.Path(output_dir).glob(pattern))
+    paths = sorted(path for pattern in OUTPUT_FILES
+                   for path in pathlib.Path(output_dir).glob(pattern))
     return {path.name: path.read_bytes() for path in paths}
 
 
@@ -85,13 +87,16 @@ def data_set(tmp_path_factory):
     return root, lines
 
 
-@pytest.mark.parametrize("shard_size_mb", [128.0, 2000 / 2**20])  # one shard / several a split
+@pytest.mark.parametrize("shard_size_mb, beam_args", [
+    (128.0, ()),  # one shard a split, the DirectRunner in this process
+    pytest.param(2000 / 2**20, TWO_PROCESSES,  # several, two worker processes
+                 marks=(pytest.mark.multiprocess, pytest.mark.slow))])
 def test_every_skip_reason_is_counted_through_beam_as_locally(apache_beam, data_set, tmp_path,
-                                                              shard_size_mb):
+                                                              shard_size_mb, beam_args):
     root, _ = data_set
     config = _config(root, tmp_path / "local", shard_size_mb=shard_size_mb)
     build_dataset(config)
-    report = _beam_build(config, tmp_path / "beam")  # the DirectRunner in this process
+    report = _beam_build(config, tmp_path / "beam", beam_args)
     assert report["skipped"] == EXPECTED_SKIPS
     assert report["rows_in"] == report["images_written"] + sum(EXPECTED_SKIPS.values())
     assert report["empty_cases"] == 1
@@ -99,15 +104,19 @@ def test_every_skip_reason_is_counted_through_beam_as_locally(apache_beam, data_
     assert_same_build(tmp_path / "local", tmp_path / "beam")
 
 
-def test_on_error_fail_names_the_first_bad_row_and_leaves_no_shard(apache_beam, data_set,
-                                                                    tmp_path):
+def test_on_error_fail_names_the_row_the_local_build_names_and_leaves_no_shard(
+        apache_beam, data_set, tmp_path):
     root, lines = data_set
-    # Rows 2-6 are good, row 7 is garbage.png, row 8 truncated.png: the first bad row is named.
+    # Rows 2-6 are good, rows 7 and 8 (garbage.png, truncated.png) corrupt, in two cases: the
+    # first of them in write order (case order, as the local build reads them) is named.
     subset = _subset_manifest(tmp_path, lines[:5] + lines[-12:-10])
-    with pytest.raises(BuildError, match=r"subset.csv:7: corrupt_image: .*garbage.png"):
-        _beam_build(_config(root, tmp_path / "out", on_error="fail", manifests=(str(subset),)),
-                    tmp_path / "out")
-    assert os.listdir(tmp_path / "out") == []  # no shard, no work file
+    config = _config(root, tmp_path / "local", on_error="fail", manifests=(str(subset),))
+    with pytest.raises(BuildError, match=r"subset.csv:[78]: corrupt_image: ") as local:
+        build_dataset(config)
+    with pytest.raises(BuildError) as beam:
+        _beam_build(config, tmp_path / "beam")
+    assert str(beam.value) == str(local.value)
+    assert os.listdir(tmp_path / "beam") == []  # no shard, no work file
 
 
 def test_a_chexpert_sized_table_is_planned_in_seconds(tmp_path, monkeypatch):
@@ -143,17 +152,20 @@ def test_a_chexpert_sized_table_is_planned_in_seconds(tmp_path, monkeypatch):
         sizes.append((order, case.split, 2500 * written + 100 * bool(written), tuple(skips)))
     shard_of = beam_pipeline.plan_shards(
         sizes[::-1], build.estimated_bytes(ordered), shard_bytes=2**27, on_error="skip",
-        plan_path=str(tmp_path / beam_pipeline.PLAN_FILE))
+        plan_path=str(tmp_path / beam_pipeline.PLAN_FILE))  # in any order, as from workers
     plan = json.loads((tmp_path / beam_pipeline.PLAN_FILE).read_text())
     written = build.Written(ledger)
     beam_pipeline._replay(ordered, plan["skips"], written)
     seconds = time.perf_counter() - started
     report = ledger.report({}, seconds)  # raises unless every row is accounted for
     assert report["skipped"] == {"corrupt_image": 223_414 // 97}
-    assert len(shard_of) == sum(sum(tally.cases.values()) for tally in written.tallies.values())
-    # 3 kB x 223,414 images at 128 MiB a shard: ~5 shards, most of them train.
-    assert plan["shards"]["train"] == max(shard_of[order] for order, (_, split, *_) in enumerate(
-        sizes) if split == "train" and order in shard_of) + 1 >= 3
+    # The local builder's cut, streaming the records in write order.
+    streaming = {split: writer.ShardPlan(size, 2**27)
+                 for split, size in build.estimated_bytes(ordered).items()}
+    assert shard_of == {order: streaming[split].assign(size) for order, split, size, _ in sizes
+                        if size}
+    assert plan["shards"] == {split: shards.num_shards for split, shards in streaming.items()}
+    assert plan["shards"]["train"] >= 3  # 3 kB x 223,414 images at 128 MiB a shard
     assert seconds < 60, f"{seconds:.1f} s to plan 223,414 rows"
 
 
@@ -170,8 +182,9 @@ def test_beam_is_installed(apache_beam):
     assert apache_beam.__version__
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.parametrize("require, outcome", [("", "1 skipped"), ("1", "1 failed")])
+@pytest.mark.parametrize("require, outcome", [("", "1 skipped"), ("1", "1 error")])
 def test_missing_apache_beam_skips_unless_required(tmp_path, require, outcome):
     (tmp_path / "apache_beam").mkdir()  # a package that fails to import, as if not installed
     (tmp_path / "apache_beam" / "__init__.py").write_text("raise ImportError('no beam')\n")
@@ -185,6 +198,7 @@ def test_missing_apache_beam_skips_unless_required(tmp_path, require, outcome):
     assert "apache-beam is not installed: pip install 'simclr-med[beam]'" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_command_line_passes_the_options_after_double_dash_to_beam(apache_beam, data_set,
                                                                     tmp_path):
@@ -196,7 +210,7 @@ def test_command_line_passes_the_options_after_double_dash_to_beam(apache_beam, 
              "--max_image_pixels=5000", "--noprogress"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for runner, output in (("local", "local"), ("beam", "beam")):
-        extra = ["--", "--runner=DirectRunner", "--direct_num_workers=1"] if runner == "beam" else []
+        extra = ["--", "--runner=DirectRunner"] if runner == "beam" else []
         result = subprocess.run([*flags, f"--output_dir={tmp_path / output}", f"--runner={runner}",
                                  "--num_workers=1", *extra], capture_output=True, text=True,
                                 env=env, timeout=300, cwd=REPO)
@@ -207,3 +221,24 @@ def test_command_line_passes_the_options_after_double_dash_to_beam(apache_beam, 
                             timeout=300, cwd=REPO)
     assert result.returncode == 2
     assert "only --runner=beam takes arguments" in result.stderr.strip().splitlines()[-1]
+
+
+def test_images_and_manifest_in_a_bucket(apache_beam, data_set, tmp_path):
+    """The image root and the manifest on a file system TensorFlow reads by URL (here its
+    in-memory `ram://`, which the in-process DirectRunner shares): the same records as locally."""
+    root, _ = data_set
+    bucket = f"ram://simclr-med-test/{tmp_path.name}/root"
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():  # a bucket has no links
+            tf.io.gfile.makedirs(f"{bucket}/{path.parent.relative_to(root)}")
+            tf.io.gfile.copy(str(path), f"{bucket}/{path.relative_to(root)}")
+    local = build_dataset(_config(root, tmp_path / "local"))
+    config = dataclasses.replace(_config(root, tmp_path / "beam"), image_root=bucket,
+                                 manifests=(f"{bucket}/manifest.csv",))
+    with pytest.raises(UserError, match="the local runner reads images from a local folder"):
+        build_dataset(config)
+    beam = _beam_build(config, tmp_path / "beam")
+    # img/link.png, a link out of the root locally, is not in the bucket.
+    assert beam["skipped"] == {**EXPECTED_SKIPS, "outside_root": 1, "missing_file": 2}
+    assert beam["images_written"] == local["images_written"]
+    assert _files(tmp_path / "beam") == _files(tmp_path / "local")
