@@ -10,14 +10,14 @@ label-fraction ranks, the write order); only then does the pipeline run:
    folder (`.beam-cases.txt`: a pipeline graph that held them would be too large for a service
    such as Dataflow with a big data set);
 2. `EncodeCases`: on any worker, each case's images are read, checked, decoded, resized and
-   encoded (`images.load_image`) and its record serialised (`build.case_record`);
+   encoded (`images.load_image`) and its record serialised (`cases.case_record`);
 3. `PlanShards`: one small step sees every record's size (not its bytes) and every skipped image,
    and assigns the records to shards with `writer.ShardPlan` in write order, the rule the local
    builder applies while streaming; it writes the skips and shard counts to `.beam-plan.json`;
 4. `WriteShards`: the records grouped by shard, each shard written by one worker in write order.
 
 So the shards are byte-identical to the local build's. The launcher then reads `.beam-plan.json`
-and replays the skips, case by case in write order, into the build's ledger (`build.Written`):
+and replays the skips, case by case in write order, into the build's ledger (`cases.Written`):
 report.json counts and quotes them as the local build does, and under `--on_error=fail` (the plan
 step then fails the pipeline, naming the row) the launcher raises the local build's error for
 the same first row. Per-reason Beam counters (namespace `data_prep`) show progress in a runner's
@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 
 import tensorflow as tf
 
-from data_prep import build, images, writer
+from data_prep import cases, images, writer
 from data_prep.config import BuildConfig
 from data_prep.report import Ledger
 from simclr_med.data import schema
@@ -54,8 +54,8 @@ COUNTER_NAMESPACE = "data_prep"
 Encoded = tuple[int, str, bytes, tuple[tuple[int, str, str, str], ...]]
 
 
-def write_cases(ordered: list[build.PlannedCase], num_labels: int, config: BuildConfig,
-                options: images.ImageOptions, written: build.Written,
+def write_cases(ordered: list[cases.PlannedCase], num_labels: int, config: BuildConfig,
+                options: images.ImageOptions, written: cases.Written,
                 pipeline_args: Sequence[str] = ()) -> dict[str, list[schema.ShardInfo]]:
     """`build`'s write step on Beam: encodes and writes the cases (in write order) with the
     pipeline `pipeline_args` describe, counts them into `written`; returns the shards."""
@@ -67,7 +67,7 @@ def write_cases(ordered: list[build.PlannedCase], num_labels: int, config: Build
     try:
         try:
             _run_pipeline(cases_path, plan_path, num_labels, config, options,
-                          build.estimated_bytes(ordered), pipeline_args)
+                          cases.estimated_bytes(ordered), pipeline_args)
         except Exception:
             # A worker's exception reaches here wrapped differently by each runner: when the
             # plan step failed the pipeline under --on_error=fail, replay its plan so that the
@@ -79,7 +79,7 @@ def write_cases(ordered: list[build.PlannedCase], num_labels: int, config: Build
         plan = _read_plan(plan_path)
         _replay(ordered, plan["skips"], written)
         return {split: writer.finish_shards(config.output_dir, split, plan["shards"][split])
-                for split in build.SPLITS}
+                for split in cases.SPLITS}
     except BaseException:
         writer.discard_shards(config.output_dir)
         raise
@@ -89,7 +89,7 @@ def write_cases(ordered: list[build.PlannedCase], num_labels: int, config: Build
                 tf.io.gfile.remove(path)
 
 
-def _write_cases_file(path: str, ordered: list[build.PlannedCase]) -> None:
+def _write_cases_file(path: str, ordered: list[cases.PlannedCase]) -> None:
     """One line per case: its write position and the case, pickled, in base64."""
     with tf.io.gfile.GFile(path, "w") as f:
         for order, case in enumerate(ordered):
@@ -121,7 +121,7 @@ def _run_pipeline(cases_path: str, plan_path: str, num_labels: int, config: Buil
              | "WriteShards" >> beam.Map(_write_shard, output_dir=config.output_dir))
 
 
-def encode_case(planned: tuple[int, build.PlannedCase], options: images.ImageOptions,
+def encode_case(planned: tuple[int, cases.PlannedCase], options: images.ImageOptions,
                 num_labels: int) -> Encoded:
     """The per-image work of one case (on a worker) and its serialised record."""
     order, case = planned
@@ -131,9 +131,9 @@ def encode_case(planned: tuple[int, build.PlannedCase], options: images.ImageOpt
                   if outcome.reason)
     for _, reason, _, _ in skips:
         beam.metrics.Metrics.counter(COUNTER_NAMESPACE, f"skipped_{reason}").inc()
-    entries = build.case_entries(case, outcomes)
+    entries = cases.case_entries(case, outcomes)
     beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "images_written").inc(len(entries))
-    record = build.case_record(case, entries, num_labels) if entries else b""
+    record = cases.case_record(case, entries, num_labels) if entries else b""
     return order, case.split, record, skips
 
 
@@ -143,7 +143,7 @@ def plan_shards(sizes: list[tuple[int, str, int, tuple]], estimated: dict[str, i
     local builder does; saves the skips and shard counts for the launcher at `plan_path`."""
     sizes = sorted(sizes)
     shard_plans = {split: writer.ShardPlan(estimated[split], shard_bytes)
-                   for split in build.SPLITS}
+                   for split in cases.SPLITS}
     shard_of = {order: shard_plans[split].assign(size)
                 for order, split, size, _ in sizes if size}
     skips = [[order, *skip] for order, _, _, case_skips in sizes for skip in case_skips]
@@ -167,7 +167,7 @@ def _read_plan(path: str) -> dict:
         return json.load(f)
 
 
-def _replay(ordered: list[build.PlannedCase], skips: list[list], written: build.Written) -> None:
+def _replay(ordered: list[cases.PlannedCase], skips: list[list], written: cases.Written) -> None:
     """Counts every case into `written` as the local build does, from the plan's skips."""
     skipped: dict[tuple[int, int], images.Outcome] = {
         (order, index): images.Outcome(reason=reason, detail=detail)

@@ -1,15 +1,18 @@
 """Builds case-grouped TFRecord data sets from a folder of images and a metadata table.
 
     python -m data_prep.build --format=chexpert|nih|ham10000|generic --manifest=CSV \\
-        --image_root=DIR --output_dir=DIR [--num_workers=N] [--on_error=skip|fail] ...
+        --image_root=DIR --output_dir=DIR [--num_workers=N] [--on_error=skip|fail] ... \\
+        [--runner=local | --runner=beam -- <Apache Beam pipeline options>]
 
 `build_dataset(BuildConfig(...))` does the same from Python and returns the report.
 
 Steps: read the manifest (every row counted) -> drop duplicate images -> refuse paths outside the
 image root and missing files -> group images into cases -> split by patient -> rank the training
-patients for the label fractions -> read, check and encode the images in worker processes, in a
-fixed order -> one record per case into sharded TFRecords -> `dataset_info.json`,
-`label_fractions.json`, `report.json`.
+patients for the label fractions (`plan_cases`, the same for both runners) -> read, check and
+encode the images, in a fixed order, in worker processes (`--runner=local`, data_prep.parallel)
+or as an Apache Beam pipeline (`--runner=beam`, data_prep.beam_pipeline) -> one record per case
+into sharded TFRecords, cut by `writer.ShardPlan` -> `dataset_info.json`, `label_fractions.json`,
+`report.json`.
 
 Cases are written in a seeded pseudo-random order (a hash of the case id), so every shard holds a
 mix of patients and classes; identical inputs and flags give byte-identical shards.
@@ -24,7 +27,6 @@ if __name__ == "__main__":  # the command: hide TensorFlow's start-up notices be
 
 import collections
 import contextlib
-import dataclasses
 import functools
 import os
 import posixpath
@@ -36,46 +38,13 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from data_prep import formats, images, manifest, parallel, splits, writer
+from data_prep.cases import (SPLITS, PlannedCase, PlannedImage, SplitTally, Written, case_record,
+                             estimated_bytes, write_order)
 from data_prep.config import BuildConfig
 from data_prep.manifest import ImageRow, ManifestError
 from data_prep.report import Ledger, format_summary, save_json
 from simclr_med.data import schema
 from simclr_med.errors import UserError
-
-SPLITS = (splits.TRAIN, splits.VALIDATION, splits.TEST)
-
-
-@dataclasses.dataclass
-class PlannedImage:
-    """An image of the manifest whose file exists inside the image root, still to be read."""
-
-    row: ImageRow
-    path: str  # absolute, normalised
-    size: int  # bytes on disk
-
-
-@dataclasses.dataclass
-class PlannedCase:
-    """A case as planned before its images are read: its split, images and label-fraction rank."""
-
-    case_id: str
-    patient_id: str
-    split: str
-    images: list[PlannedImage] = dataclasses.field(default_factory=list)
-    rank: float = 1.0
-
-
-@dataclasses.dataclass
-class _SplitTally:
-    """What one split received, per patient: images and cases written."""
-
-    images: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    cases: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    unlabelled_images: int = 0
-
-    def counts(self) -> dict[str, int]:
-        return {"patients": len(self.images), "cases": sum(self.cases.values()),
-                "images": sum(self.images.values())}
 
 
 def build_dataset(config: BuildConfig, beam_args: Sequence[str] = ()) -> dict:
@@ -268,61 +237,6 @@ def _label_fraction_ranks(cases: list[PlannedCase], task: str, seed: int) -> dic
     return splits.label_fraction_ranks(strata, seed)
 
 
-def write_order(cases: list[PlannedCase], seed: int) -> list[PlannedCase]:
-    """The cases in the order they are written: by split, then a seeded hash of the case id."""
-    return sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
-        seed, "order", case.case_id), case.case_id))
-
-
-def estimated_bytes(cases: list[PlannedCase]) -> dict[str, int]:
-    """Per split, the size of its image files on disk (what `writer.ShardPlan` plans from)."""
-    estimated = dict.fromkeys(SPLITS, 0)
-    for case in cases:
-        estimated[case.split] += sum(image.size for image in case.images)
-    return estimated
-
-
-@dataclasses.dataclass
-class Written:
-    """What the build wrote, case by case in write order: the tallies per split and the cases
-    left without any image; the skipped images go to the ledger."""
-
-    ledger: Ledger
-    tallies: dict[str, _SplitTally] = dataclasses.field(
-        default_factory=lambda: {split: _SplitTally() for split in SPLITS})
-    empty_cases: int = 0
-
-    def add(self, case: PlannedCase, outcomes: list[images.Outcome]) -> list[schema.ImageEntry]:
-        """Counts one case from its images' outcomes; returns the entries of its record."""
-        for image, outcome in zip(case.images, outcomes, strict=True):
-            if outcome.reason:
-                self.ledger.skip(outcome.reason, image.row.ref, outcome.detail)
-        entries = case_entries(case, outcomes)
-        if not entries:
-            self.empty_cases += 1
-            return entries
-        self.ledger.images_written += len(entries)
-        tally = self.tallies[case.split]
-        tally.images[case.patient_id] += len(entries)
-        tally.cases[case.patient_id] += 1
-        tally.unlabelled_images += sum(
-            1 for entry in entries if entry.class_id < 0 and not any(entry.label_mask))
-        return entries
-
-
-def case_entries(case: PlannedCase, outcomes: list[images.Outcome]) -> list[schema.ImageEntry]:
-    """The case's images that could be read, as record entries."""
-    return [schema.ImageEntry(encoded=outcome.encoded, image_id=image.row.image_id,
-                              view=image.row.view, class_id=image.row.class_id,
-                              labels=image.row.labels, label_mask=image.row.label_mask)
-            for image, outcome in zip(case.images, outcomes, strict=True) if not outcome.reason]
-
-
-def case_record(case: PlannedCase, entries: list[schema.ImageEntry], num_labels: int) -> bytes:
-    return schema.encode_case(schema.Case(case.case_id, case.patient_id, entries, case.rank),
-                              num_labels)
-
-
 def _write_local(ordered: list[PlannedCase], num_labels: int, config: BuildConfig,
                  options: images.ImageOptions,
                  written: Written) -> dict[str, list[schema.ShardInfo]]:
@@ -352,7 +266,7 @@ def _write_local(ordered: list[PlannedCase], num_labels: int, config: BuildConfi
         raise
 
 
-def _label_fractions(cases: list[PlannedCase], train: _SplitTally, seed: int) -> dict:
+def _label_fractions(cases: list[PlannedCase], train: SplitTally, seed: int) -> dict:
     """`label_fractions.json`: per standard fraction, the training patients it selects."""
     ranks = {case.patient_id: case.rank for case in cases if case.patient_id in train.images}
     fractions = {}

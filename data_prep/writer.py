@@ -1,6 +1,8 @@
 """Sharded TFRecord output under temporary names.
 
-Shards of one split are filled up to a target size and written as
+Shards of one split are filled up to a target size (`ShardPlan`: the local builder streams its
+records into them, `data_prep.beam_pipeline` plans them from the records' sizes and writes each
+on one worker, with the same cut) and written as
 `.<split>-NNNNN.tfrecord.incomplete`; only when the whole build has succeeded are they renamed to
 `<split>-NNNNN-of-MMMMM.tfrecord` (`schema.shard_name`), so a failed or interrupted build never
 leaves a file that a reader would take for a shard. Every split gets at least one shard, empty if

@@ -70,7 +70,8 @@ flags.DEFINE_integer("image_size", BuildConfig.image_size,
 flags.DEFINE_integer("max_image_pixels", BuildConfig.max_image_pixels,
                      "Images with more pixels are refused (too_large) without being decoded.")
 flags.DEFINE_integer("num_workers", BuildConfig.num_workers,
-                     "Worker processes reading images (0: one per CPU core).")
+                     "Worker processes reading images (0: one per CPU core), with "
+                     "--runner=local; Beam's own options choose its workers.")
 flags.DEFINE_float("shard_size_mb", BuildConfig.shard_size_mb,
                    "Target size of a TFRecord shard in MiB.")
 flags.DEFINE_enum("on_error", BuildConfig.on_error, ON_ERROR,

@@ -14,7 +14,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from data_prep import beam_pipeline, build, formats, writer
+from data_prep import beam_pipeline, build, cases, formats, writer
 from data_prep.build import build_dataset
 from data_prep.config import BuildConfig
 from data_prep.report import BuildError, Ledger
@@ -136,9 +136,9 @@ def test_a_chexpert_sized_table_is_planned_in_seconds(tmp_path, monkeypatch):
     ledger = Ledger(config.on_error)
     # Every file is there with 3 kB (none exists: locating them is the one step left out).
     monkeypatch.setattr(build, "_locate", lambda rows, root, ledger: (
-        build.PlannedImage(row, os.path.join(root, row.path), 3000) for row in rows))
-    cases = build.plan_cases(config, formats.make_format(config), str(tmp_path), ledger, {})
-    ordered = build.write_order(cases, config.split_seed)
+        cases.PlannedImage(row, os.path.join(root, row.path), 3000) for row in rows))
+    planned = build.plan_cases(config, formats.make_format(config), str(tmp_path), ledger, {})
+    ordered = cases.write_order(planned, config.split_seed)
     assert ledger.rows_in == sum(len(case.images) for case in ordered) == 223_414
     # What EncodeCases would send PlanShards: each 97th image corrupt, records of 2.5 kB an image.
     sizes, position = [], 0
@@ -151,17 +151,17 @@ def test_a_chexpert_sized_table_is_planned_in_seconds(tmp_path, monkeypatch):
         written = len(case.images) - len(skips)
         sizes.append((order, case.split, 2500 * written + 100 * bool(written), tuple(skips)))
     shard_of = beam_pipeline.plan_shards(
-        sizes[::-1], build.estimated_bytes(ordered), shard_bytes=2**27, on_error="skip",
+        sizes[::-1], cases.estimated_bytes(ordered), shard_bytes=2**27, on_error="skip",
         plan_path=str(tmp_path / beam_pipeline.PLAN_FILE))  # in any order, as from workers
     plan = json.loads((tmp_path / beam_pipeline.PLAN_FILE).read_text())
-    written = build.Written(ledger)
+    written = cases.Written(ledger)
     beam_pipeline._replay(ordered, plan["skips"], written)
     seconds = time.perf_counter() - started
     report = ledger.report({}, seconds)  # raises unless every row is accounted for
     assert report["skipped"] == {"corrupt_image": 223_414 // 97}
     # The local builder's cut, streaming the records in write order.
     streaming = {split: writer.ShardPlan(size, 2**27)
-                 for split, size in build.estimated_bytes(ordered).items()}
+                 for split, size in cases.estimated_bytes(ordered).items()}
     assert shard_of == {order: streaming[split].assign(size) for order, split, size, _ in sizes
                         if size}
     assert plan["shards"] == {split: shards.num_shards for split, shards in streaming.items()}
