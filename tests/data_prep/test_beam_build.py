@@ -166,7 +166,8 @@ def test_a_chexpert_sized_table_is_planned_in_seconds(tmp_path, monkeypatch):
                         if size}
     assert plan["shards"] == {split: shards.num_shards for split, shards in streaming.items()}
     assert plan["shards"]["train"] >= 3  # 3 kB x 223,414 images at 128 MiB a shard
-    assert seconds < 60, f"{seconds:.1f} s to plan 223,414 rows"
+    # About 10 s on 2 idle cores (25-45 s on a busy machine); an O(n^2) step would take hours.
+    assert seconds < 90, f"{seconds:.1f} s to plan 223,414 rows"
 
 
 def test_without_apache_beam_the_beam_runner_names_the_extra(data_set, tmp_path, monkeypatch):
