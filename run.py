@@ -90,7 +90,8 @@ def export_model() -> None:
     """SavedModels of --model_dir's checkpoint (--eval_checkpoint chooses it) in --export_dir."""
     record_flags(FLAGS.model_dir, "flags_export.json", flag_values())
     result = export.export(FLAGS.model_dir, export_flags.export_dir(FLAGS.model_dir),
-                           FLAGS.eval_checkpoint, export_flags.max_image_pixels())
+                           FLAGS.eval_checkpoint, export_flags.max_image_pixels(),
+                           calibrate=FLAGS.calibrate)
     print(f"exported {result.checkpoint} (step {result.global_step}):\n"
           + "\n".join(f"  {name}: {path}" for name, path in result.paths.items()))
 
