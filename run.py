@@ -12,7 +12,10 @@ build's `dataset_info.json` and shards, or a TFDS data set):
                                                 subset, --init_checkpoint     (best.json)
   eval           evaluate.evaluate              DIR (best/ or latest), DATA   eval_<split>.json,
                                                                               predictions_<split>.csv,
-                                                                              roc/confusion PNGs
+                                                                              roc/confusion PNGs,
+                                                                              report_<split>.html;
+                                                                              --calibrate:
+                                                                              calibration.json
   linear_eval    linear_eval.load_encoder,      DIR or --init_checkpoint,     linear_eval_<split>.json
                  then linear_eval.linear_eval   DATA
   train_then_eval  finetune, then evaluate      as both                       as both

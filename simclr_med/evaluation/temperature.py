@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from scipy import optimize, special
 
 from simclr_med.data import schema
@@ -82,8 +83,18 @@ def fit(targets: metrics.Targets, logits: np.ndarray) -> np.ndarray:
     """Temperatures for the logits of evaluated classes or labels [N, names]: [1] (multi-class,
     broadcast over the classes) or [L]."""
     if targets.task == schema.MULTICLASS:
-        return np.array([fit_multiclass(logits, targets.class_id)])
-    return fit_multilabel(logits, targets.labels, targets.label_mask)
+        fitted = np.array([fit_multiclass(logits, targets.class_id)])
+    else:
+        fitted = fit_multilabel(logits, targets.labels, targets.label_mask)
+    names = ["all classes"] if targets.task == schema.MULTICLASS else list(targets.names)
+    for bound, meaning in zip(LOG_T_BOUNDS, ("every entry is right: the NLL falls towards 0/1 "
+                                             "probabilities", "the logits carry little "
+                                             "information: the NLL falls towards chance")):
+        reached = [name for name, t in zip(names, np.log(fitted)) if abs(t - bound) < 1e-3]
+        if reached:
+            logging.warning("temperature scaling: T = %g, the end of its range, for %s on the "
+                            "calibration split: %s", np.exp(bound), ", ".join(reached), meaning)
+    return fitted
 
 
 def nll(targets: metrics.Targets, logits: np.ndarray, temperature: np.ndarray) -> float:

@@ -38,7 +38,7 @@ def _multilabel(n=500, seed=0):
     signal = (2 * labels - 1) + rng.normal(size=labels.shape) * 1.3
     logits = signal * np.array([3.0, 0.3, 6.0])
     mask = (rng.random(labels.shape) > 0.25).astype(float)
-    logits[mask == 0] = 50.0 * (2 * labels[mask == 0] - 1)  # would drive T to its bound
+    logits[mask == 0] = -20.0 * (2 * labels[mask == 0] - 1)  # confidently wrong: T up
     return labels, mask, logits
 
 
@@ -142,3 +142,18 @@ def test_calibrated_metric_names():
 def test_missing_calibration_names_the_command(tmp_path):
     with pytest.raises(UserError, match="run.py --mode=eval --calibrate"):
         temperature.load(str(tmp_path))
+
+
+def test_a_temperature_at_the_end_of_its_range_is_told(caplog):
+    """A label the model separates perfectly drives T to 0.01; chance-level logits drive it to
+    100: both are said, naming the label."""
+    row = np.arange(40)
+    labels = np.stack([row % 2, row % 2], axis=1).astype(float)
+    # Edema: the logit's sign is always right; Mass: +5 and -5 each half right, half wrong
+    logits = np.stack([4 * labels[:, 0] - 2, np.where(row % 4 < 2, 5.0, -5.0)], axis=1)
+    targets = metrics.Targets("multilabel", ("Edema", "Mass"), labels=labels,
+                              label_mask=np.ones_like(labels))
+    fitted = temperature.fit(targets, logits)
+    np.testing.assert_allclose(fitted, [0.01, 100], rtol=1e-3)
+    assert "T = 0.01, the end of its range, for Edema on the calibration split" in caplog.text
+    assert "T = 100, the end of its range, for Mass on the calibration split" in caplog.text
