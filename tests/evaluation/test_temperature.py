@@ -9,6 +9,7 @@ import pytest
 from scipy import special
 from sklearn import metrics as skm
 
+from simclr_med.data import schema
 from simclr_med.errors import UserError
 from simclr_med.evaluation import metrics, temperature
 from simclr_med.stages import evaluate
@@ -157,3 +158,21 @@ def test_a_temperature_at_the_end_of_its_range_is_told(caplog):
     np.testing.assert_allclose(fitted, [0.01, 100], rtol=1e-3)
     assert "T = 0.01, the end of its range, for Edema on the calibration split" in caplog.text
     assert "T = 100, the end of its range, for Mass on the calibration split" in caplog.text
+
+
+def test_scaled_divides_each_evaluated_output_by_its_labels_temperature():
+    """A model of four labels evaluated on a data set of two (one renamed): their outputs are
+    divided by their temperatures, the others are left alone."""
+    model_names = ("Atelectasis", "Cardiomegaly", "Effusion", "Hernia")
+    data = schema.DatasetInfo(task="multilabel", names=["Pleural Effusion", "Atelectasis"])
+    alignment = evaluate.align("multilabel", model_names, data)
+    logits = np.random.default_rng(0).normal(size=(5, 4))
+    predicted = evaluate.ImageOutputs(
+        image_id=np.arange(5).astype(str), patient_id=np.arange(5).astype(str),
+        outputs={"logits_sup": logits},
+        truth={"labels": np.zeros((5, 2)), "label_mask": np.ones((5, 2))})
+    calibration = {"temperature": {"Effusion": 2.0, "Atelectasis": 0.5}, "fitted_on": "val"}
+    scaled = evaluate.scaled(predicted, calibration, alignment, model_names)
+    np.testing.assert_array_equal(scaled.outputs["logits_sup"], logits / [0.5, 1.0, 2.0, 1.0])
+    _, probs = evaluate.aligned(scaled, alignment)  # data order: Pleural Effusion, Atelectasis
+    np.testing.assert_allclose(probs, special.expit(logits[:, [2, 0]] / [2.0, 0.5]))
