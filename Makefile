@@ -72,7 +72,8 @@ upgrade:
 	@echo "$(CONSTRAINTS) renewed (see git diff $(CONSTRAINTS)); make install installs it"
 
 # The whole job on the built-in SYNTHETIC data: build TFRecords -> MICLe pretraining -> fine-tuning
-# with 10% of the labels -> evaluation with confidence intervals -> SavedModel export -> predict.
+# with 10% of the labels -> evaluation with confidence intervals, temperature scaling and its HTML
+# report -> calibrated SavedModel export -> predict.
 DEMO_MODEL := --resnet_depth=18 --width_multiplier=0.5 --image_size=64 --num_proj_layers=2
 DEMO_DATA  := --data_dir=$(DEMO_DIR)/data
 
@@ -92,17 +93,21 @@ demo: $(STAMP)
 	    $(DEMO_DATA) $(DEMO_MODEL) --model_dir=$(DEMO_DIR)/finetune --train_batch_size=16 \
 	    --train_steps=120 --checkpoint_steps=20 --optimizer=adam --learning_rate=0.002 \
 	    --learning_rate_scaling=sqrt --warmup_epochs=1 --weight_decay=1e-4
-	$(PY) run.py --mode=eval --model_dir=$(DEMO_DIR)/finetune $(DEMO_DATA) --eval_split=test
-	$(PY) run.py --mode=export --model_dir=$(DEMO_DIR)/finetune --export_dir=$(DEMO_DIR)/export
+	$(PY) run.py --mode=eval --model_dir=$(DEMO_DIR)/finetune $(DEMO_DATA) --eval_split=test \
+	    --calibrate --calibration_split=validation
+	$(PY) run.py --mode=export --model_dir=$(DEMO_DIR)/finetune --export_dir=$(DEMO_DIR)/export \
+	    --calibrate
 	$(PY) -m simclr_med.predict --export_dir=$(DEMO_DIR)/export \
 	    $(DEMO_DIR)/images/images/case00000_0.png $(DEMO_DIR)/images/images/case00001_0.png
 	@echo
 	@echo "Demo done (SYNTHETIC data). Results in $(DEMO_DIR)/:"
 	@echo "  data/      TFRecords, dataset_info.json, report.json"
 	@echo "  micle/     MICLe pretraining: checkpoints, summary.json, TensorBoard events"
-	@echo "  finetune/  fine-tuning: best/, summary.json, eval_test.json, predictions_test.csv, *.png"
-	@echo "  export/    SavedModels: serving/, features/"
+	@echo "  finetune/  fine-tuning: best/, summary.json, eval_test.json, predictions_test.csv, *.png,"
+	@echo "             calibration.json (the temperature)"
+	@echo "  export/    SavedModels: serving/ (calibrated), features/"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)"
+	@echo "The evaluation's report (open it in a browser): $(DEMO_DIR)/finetune/report_test.html"
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

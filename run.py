@@ -12,7 +12,10 @@ build's `dataset_info.json` and shards, or a TFDS data set):
                                                 subset, --init_checkpoint     (best.json)
   eval           evaluate.evaluate              DIR (best/ or latest), DATA   eval_<split>.json,
                                                                               predictions_<split>.csv,
-                                                                              roc/confusion PNGs
+                                                                              roc/confusion PNGs,
+                                                                              report_<split>.html;
+                                                                              --calibrate:
+                                                                              calibration.json
   linear_eval    linear_eval.load_encoder,      DIR or --init_checkpoint,     linear_eval_<split>.json
                  then linear_eval.linear_eval   DATA
   train_then_eval  finetune, then evaluate      as both                       as both
@@ -90,7 +93,8 @@ def export_model() -> None:
     """SavedModels of --model_dir's checkpoint (--eval_checkpoint chooses it) in --export_dir."""
     record_flags(FLAGS.model_dir, "flags_export.json", flag_values())
     result = export.export(FLAGS.model_dir, export_flags.export_dir(FLAGS.model_dir),
-                           FLAGS.eval_checkpoint, export_flags.max_image_pixels())
+                           FLAGS.eval_checkpoint, export_flags.max_image_pixels(),
+                           calibrate=FLAGS.calibrate)
     print(f"exported {result.checkpoint} (step {result.global_step}):\n"
           + "\n".join(f"  {name}: {path}" for name, path in result.paths.items()))
 

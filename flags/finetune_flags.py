@@ -53,7 +53,14 @@ flags.DEFINE_integer("eval_batch_size", FinetuneConfig.eval_batch_size,
 flags.DEFINE_string("eval_checkpoint", EvalConfig.checkpoint, "Checkpoint to evaluate: auto (the "
                     "best of a fine-tuning run if kept, else the latest), best, latest, or a "
                     "path.")
-flags.DEFINE_boolean("eval_plots", EvalConfig.plots, "Write ROC and confusion-matrix PNGs.")
+flags.DEFINE_boolean("eval_plots", EvalConfig.plots, "Write the ROC, confusion-matrix and "
+                     "reliability PNGs and report_<split>.html.")
+flags.DEFINE_boolean("calibrate", EvalConfig.calibrate, "--mode=eval: fit a temperature on "
+                     "--calibration_split, write it into <model_dir>/calibration.json and report "
+                     "the calibrated ECE too. --mode=export: the serving SavedModel divides the "
+                     "logits by that temperature.")
+flags.DEFINE_string("calibration_split", EvalConfig.calibration_split, "Split the temperature of "
+                    "--calibrate is fitted on (not the evaluated --eval_split).")
 flags.DEFINE_string("eval_output_dir", EvalConfig.output_dir, "Folder of the evaluation files "
                     "('' = --model_dir); e.g. one per data set when evaluating a model on "
                     "several.")

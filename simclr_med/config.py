@@ -191,8 +191,10 @@ class EvalConfig:
     bootstrap_seed: int = 0
     batch_size: int = 256
     checkpoint: str = "auto"  # auto (best if kept, else latest) | best | latest | a prefix
-    plots: bool = True
+    plots: bool = True  # the PNGs and report_<split>.html
     output_dir: str = ""  # where the files go; "" = the model folder
+    calibrate: bool = False  # fit a temperature on calibration_split (calibration.json)
+    calibration_split: str = "validation"
 
 
 LINEAR_EVAL_ENDPOINTS = ("final_avg_pool", "proj_head_input", "proj_head_output")

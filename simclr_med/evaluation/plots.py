@@ -3,7 +3,7 @@ the reliability diagram.
 
 Drawn on `matplotlib.figure.Figure` objects (the Agg renderer, no pyplot state, no display needed)
 and saved as PNG next to the eval json: `roc_<split>.png`, `confusion_matrix_<split>.png`,
-`reliability_<split>.png`.
+`reliability_<split>.png` (and `reliability_<split>_calibrated.png` after temperature scaling).
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ def write_all(directory: str, split: str, targets: Targets, probs: np.ndarray,
     paths.append(os.path.join(directory, f"reliability_{split}.png"))
     _save(reliability_figure(targets, probs, title), paths[-1])
     return paths
+
+
+def write_calibrated(directory: str, split: str, targets: Targets, probs: np.ndarray,
+                     title: str) -> str:
+    """Writes `reliability_<split>_calibrated.png`, the reliability diagram of temperature-scaled
+    probabilities; returns its path."""
+    path = os.path.join(directory, f"reliability_{split}_calibrated.png")
+    _save(reliability_figure(targets, probs, f"{title}\nafter temperature scaling"), path)
+    return path
 
 
 def _save(figure: Figure, path: str) -> None:

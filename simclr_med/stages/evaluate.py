@@ -8,7 +8,11 @@ on (distribution shift): multi-label outputs are matched to the data set's label
 (a subset of) the model's classes.
 
 Files written to the output folder (INTERFACE.md): `eval_<split>.json`, `predictions_<split>.csv`,
-`roc_<split>.png` and, multi-class, `confusion_matrix_<split>.png`.
+`roc_<split>.png` and, multi-class, `confusion_matrix_<split>.png`, `reliability_<split>.png` and
+`report_<split>.html` (all of them one page, `evaluation.report`). With `calibrate`, a temperature
+fitted on another split goes into the model folder's `calibration.json`
+(`evaluation.temperature`), the eval json gains the calibrated ECE and the plots
+`reliability_<split>_calibrated.png`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,7 +35,8 @@ from simclr_med.data.finetune_input import LABEL_FIELDS, evaluation_dataset
 from simclr_med.data.integrity import names_damaged_shards
 from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
-from simclr_med.evaluation import label_mapping, metrics, plots
+from simclr_med.evaluation import label_mapping, metrics, plots, temperature
+from simclr_med.evaluation import report as html_report
 from simclr_med.models.simclr import SimCLRModel, output_shapes, unless_empty
 from simclr_med.training.loop import write_json
 
@@ -180,24 +186,143 @@ def evaluate(model_dir: str, source: Source, split: str,
                         "images")
     loaded = load_classifier(model_dir, config.checkpoint)
     model, record, prefix, step = loaded.model, loaded.record, loaded.checkpoint, loaded.step
-    alignment = align(record.task, class_names(record, source.info), source.info)
-    dataset = evaluation_dataset(source, split, record.model.image_size,
-                                 record.model.eval_crop_proportion, config.batch_size)
-    predicted = Predictor(model)(dataset)
+    names = class_names(record, source.info)
+    alignment = align(record.task, names, source.info)
+    predictor = Predictor(model)
+    predicted = predictor(_dataset(source, split, record, config))
     targets, probs = aligned(predicted, alignment)
     result = report(targets, probs, predicted.patient_id, config, split=split,
                     data_dir=source.data_dir or f"tfds:{source.tfds_name}", global_step=step,
                     checkpoint=prefix, alignment=alignment)
+    calibrated = None
+    if config.calibrate:
+        result["calibration"] = calibrate(predictor, source, split, loaded, alignment, config,
+                                          model_dir)
+        calibrated = aligned(scaled(predicted, result["calibration"], alignment, names),
+                             alignment)[1]
+        result["metrics"].update(calibrated_metrics(targets, calibrated, predicted.patient_id,
+                                                    config))
     write_json(output_dir, f"eval_{split}.json", result)
     write_predictions(os.path.join(output_dir, f"predictions_{split}.csv"), predicted.image_id,
                       predicted.patient_id, targets, probs)
     if config.plots:
-        plots.write_all(output_dir, split, targets, probs, data_title(source, split))
+        title = data_title(source, split)
+        paths = plots.write_all(output_dir, split, targets, probs, title)
+        if calibrated is not None:
+            paths.append(plots.write_calibrated(output_dir, split, targets, calibrated, title))
+        errors = html_report.confident_errors(targets, probs, predicted.image_id)
+        write_report(output_dir, model_dir, result, paths,
+                     error_pictures(source, split, record, config, errors))
     if alignment.renamed or any(alignment.not_evaluated.values()):
         logging.info("evaluated the labels shared by model and data set: %s (renamed: %s; not "
                      "evaluated: %s)", ", ".join(alignment.names), alignment.renamed,
                      alignment.not_evaluated)
     return result
+
+
+def _dataset(source: Source, split: str, record: native.ModelRecord,
+             config: EvalConfig) -> tf.data.Dataset:
+    return evaluation_dataset(source, split, record.model.image_size,
+                              record.model.eval_crop_proportion, config.batch_size)
+
+
+def calibrate(predictor: Predictor, source: Source, split: str,
+              loaded: trained_model.TrainedModel, alignment: Alignment, config: EvalConfig,
+              model_dir: str) -> dict:
+    """Fits the temperature on `config.calibration_split` (never the evaluated `split`) and
+    writes it into the model folder's calibration.json, which a calibrated export reads."""
+    fitted_on = config.calibration_split
+    if fitted_on == split:
+        raise UserError(f"--calibration_split={fitted_on} is the evaluated split: a temperature "
+                        "fitted on the images it is judged on would flatter it; fit it on "
+                        "another split (e.g. --calibration_split=validation --eval_split=test)")
+    if not source.num_examples(fitted_on):
+        raise UserError(f"calibration split {fitted_on!r} of "
+                        f"{source.data_dir or source.tfds_name} holds no images")
+    held_out = predictor(_dataset(source, fitted_on, loaded.record, config))
+    targets, _ = aligned(held_out, alignment)
+    logits = held_out.outputs["logits_sup"][:, list(alignment.model_columns)]
+    names = class_names(loaded.record, source.info)
+    fit = temperature.record(targets, logits, lambda z: probabilities(z, alignment.task),
+                             fitted_on=fitted_on, global_step=loaded.step,
+                             model_names=[names[c] for c in alignment.model_columns])
+    write_json(model_dir, temperature.CALIBRATION_FILE, fit)
+    logging.info("temperature scaling on %s: %s (ECE %.4f -> %.4f)", fitted_on,
+                 fit["temperature"], fit["ece_before"], fit["ece_after"])
+    return fit
+
+
+def scaled(predicted: ImageOutputs, calibration: dict, alignment: Alignment,
+           model_names: Sequence[str]) -> ImageOutputs:
+    """`predicted` with its logits divided by the fitted temperatures (outputs that were not
+    evaluated are left as they are)."""
+    logits = predicted.outputs["logits_sup"].astype(np.float64)
+    divisor = np.ones(logits.shape[1])
+    columns = list(alignment.model_columns)
+    divisor[columns] = temperature.temperatures(calibration, [model_names[c] for c in columns])
+    return dataclasses.replace(predicted, outputs={**predicted.outputs,
+                                                   "logits_sup": logits / divisor})
+
+
+def calibrated_metrics(targets: metrics.Targets, probs: np.ndarray, patient_id: np.ndarray,
+                       config: EvalConfig) -> dict[str, dict]:
+    """The calibration errors of temperature-scaled probabilities with their intervals, named
+    `ece_calibrated`, `mean_ece_calibrated`, `ece_calibrated/<label>`. (Accuracy and AUCs are
+    not repeated: see `evaluation.temperature` for why a temperature keeps them.)"""
+    values = metrics.with_intervals(targets, probs, patient_id, config.bootstrap_samples,
+                                    config.bootstrap_seed)
+    return {"{}_calibrated{}{}".format(*name.partition("/")): entry
+            for name, entry in values.items() if metrics.is_calibration(name)}
+
+
+# The error grid's thumbnails: the evaluation pixels, at most this many pixels on a side.
+THUMBNAIL_SIZE = 96
+
+
+def evaluation_pixels(source: Source, split: str, record: native.ModelRecord, config: EvalConfig,
+                      image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """{image id: the [size, size, 3] float pixels evaluation feeds the model} of some images."""
+    if not image_ids:
+        return {}
+    wanted = tf.constant(list(image_ids))
+    dataset = _dataset(source, split, record, config).unbatch().filter(
+        lambda example: tf.reduce_any(tf.equal(example["image_id"], wanted)))
+    return {example["image_id"].numpy().decode(): example["image"].numpy()
+            for example in dataset}
+
+
+def error_pictures(source: Source, split: str, record: native.ModelRecord, config: EvalConfig,
+                   errors: Sequence[html_report.ConfidentError]) -> list[html_report.Picture]:
+    """The report's error grid: each error's evaluation pixels (what the model saw) as a PNG
+    thumbnail, captioned with its id, truth and prediction."""
+    pixels = evaluation_pixels(source, split, record, config, [error.image_id for error in errors])
+    pictures = []
+    for error in errors:
+        image = tf.constant(pixels[error.image_id])
+        if max(image.shape[:2]) > THUMBNAIL_SIZE:
+            image = tf.image.resize(image, [THUMBNAIL_SIZE, THUMBNAIL_SIZE], antialias=True)
+        png = tf.io.encode_png(tf.cast(tf.round(tf.clip_by_value(image, 0, 1) * 255), tf.uint8))
+        pictures.append(html_report.Picture(png.numpy(), error.caption))
+    return pictures
+
+
+def write_report(output_dir: str, model_dir: str, result: dict, figure_paths: Sequence[str],
+                 errors: Sequence[html_report.Picture]) -> str:
+    """`report_<split>.html` of an evaluation, with its figures and, when `--mode=embed` has
+    drawn one for the split, the embedding map `embedding_map_<split>.png` of the model folder."""
+    def picture(path: str) -> html_report.Picture:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return html_report.Picture(f.read(), os.path.basename(path))
+
+    embedding_map = os.path.join(model_dir, f"embedding_map_{result['split']}.png")
+    page = html_report.render(
+        result, model_dir=model_dir, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        figures=[picture(path) for path in figure_paths], errors=errors,
+        embedding_map=picture(embedding_map) if tf.io.gfile.exists(embedding_map) else None)
+    path = os.path.join(output_dir, f"report_{result['split']}.html")
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(page)
+    return path
 
 
 def data_title(source: Source, split: str) -> str:
@@ -254,17 +379,9 @@ def format_metrics_table(result: dict) -> str:
     """The metrics of an eval json as a table with their 95% intervals, headline metrics first."""
     head = (f"{result['split']} of {result['data_dir']}: {result['num_images']} images, "
             f"{result['num_patients']} patients, step {result['global_step']}")
-    rows = sorted(result["metrics"].items(),  # linear before knn/, overall before per-class
-                  key=lambda item: (item[0].startswith("knn/"),
-                                    "auc/" in item[0] or "ece/" in item[0], item[0]))
-    width = max([len("metric")] + [len(name) for name, _ in rows])
+    rows = html_report.metric_rows(result)
+    width = max([len("metric")] + [len(name) for name, _, _ in rows])
     lines = [head, f"{'metric':<{width}}  value   95% CI"]
-    for name, entry in rows:
-        low, high = entry["ci95"]
-        lines.append(f"{name:<{width}}  {entry['value']:.3f}   [{low:.3f}, {high:.3f}]")
-    for name, reason in result.get("undefined_metrics", {}).items():
-        lines.append(f"{name:<{width}}  n/a     ({reason})")
-    if result.get("renamed") or any(result.get("not_evaluated", {}).values()):
-        lines.append(f"labels evaluated: {', '.join(result['evaluated'])}; renamed (data -> "
-                     f"model): {result['renamed']}; not evaluated: {result['not_evaluated']}")
-    return "\n".join(lines)
+    lines += [f"{name:<{width}}  {value:<5}   {interval}" for name, value, interval in rows]
+    note = html_report.alignment_note(result)
+    return "\n".join(lines + ([note] if note else []))

@@ -13,7 +13,10 @@
   `block_group4`, `simclr_med.evaluation.saliency`), the pixels `image` it refers to and
   `probabilities`.
   Class names and task are assets (`assets/labels.txt`, one name a line; `assets/task.txt`) and the
-  string variables `class_names` and `task`. Images of more than `max_image_pixels` pixels (a
+  string variables `class_names` and `task`. A calibrated export (`calibrate`) divides the logits
+  by the temperature of the model folder's `calibration.json` before the softmax or sigmoid, and
+  holds it as the float variable `temperature` ([1], or one per label) and the asset
+  `assets/calibration.json`. Images of more than `max_image_pixels` pixels (a
   variable of the export, read from each PNG's IHDR or JPEG's frame header before anything is
   decoded) are refused, so a small file that claims a huge image cannot exhaust the server.
 - `features/`: the reference SimCLR SavedModel's interface. `m(images, trainable=False)` on float
@@ -37,8 +40,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import tempfile
+from typing import Optional
 
 import tensorflow as tf
 from absl import logging
@@ -46,7 +51,7 @@ from absl import logging
 from simclr_med.checkpoints import native, trained_model
 from simclr_med.data import preprocess, schema
 from simclr_med.errors import UserError
-from simclr_med.evaluation import saliency
+from simclr_med.evaluation import saliency, temperature
 from simclr_med.models.simclr import OutputShape, SimCLRModel, output_shapes, unless_empty
 from simclr_med.serving import (CLASS_INDEX, CLASS_NAMES, EMBEDDING, HEATMAP, IMAGE, IMAGES,
                                 MAX_IMAGE_PIXELS, PROBABILITIES, SALIENCY_SIGNATURE, SERVING_DIR,
@@ -110,7 +115,8 @@ class Classifier(_AutoTrackable):
     """Encoded images (or preprocessed float images) -> probabilities and embedding."""
 
     def __init__(self, model: SimCLRModel, record: native.ModelRecord, assets_dir: str,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS):
+                 max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 calibration: Optional[dict] = None):
         super().__init__()
         check_servable(record, max_image_pixels)
         config = record.model
@@ -130,6 +136,12 @@ class Classifier(_AutoTrackable):
             _write_text(assets_dir, LABELS_ASSET, "".join(f"{name}\n" for name in names)))
         self.task_file = tf.saved_model.Asset(
             _write_text(assets_dir, TASK_ASSET, f"{record.task}\n"))
+        self._temperature = None  # uncalibrated: the probabilities of the logits themselves
+        if calibration is not None:
+            self._temperature = self.temperature = tf.Variable(
+                temperature.temperatures(calibration, names), dtype=tf.float32, trainable=False)
+            self.calibration_file = tf.saved_model.Asset(_write_text(
+                assets_dir, temperature.CALIBRATION_FILE, json.dumps(calibration, indent=2)))
         size = config.image_size
         self.serve_encoded = tf.function(self._serve_encoded, input_signature=[
             tf.TensorSpec([None], tf.string, name=IMAGES)])
@@ -161,7 +173,7 @@ class Classifier(_AutoTrackable):
                 EMBEDDING: tf.cast(outputs["final_avg_pool"], tf.float32)}
 
     def _probabilities_of(self, logits: tf.Tensor) -> tf.Tensor:
-        return tf.nn.softmax(logits) if self._task == schema.MULTICLASS else tf.sigmoid(logits)
+        return served_probabilities(logits, self._task, self._temperature)
 
     def _saliency(self, images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
         """Grad-CAM maps (`saliency.grad_cam`, of the last block group) of `class_index` (-1: the
@@ -182,6 +194,15 @@ class Classifier(_AutoTrackable):
         size = self._image_size
         return {HEATMAP: tf.ensure_shape(outputs[HEATMAP][..., 0], [None, size, size]),
                 IMAGE: pixels, PROBABILITIES: outputs[PROBABILITIES]}
+
+
+def served_probabilities(logits: tf.Tensor, task: str,
+                         temperature: Optional[tf.Variable] = None) -> tf.Tensor:
+    """Softmax (multi-class) or sigmoid (multi-label) of the logits, divided first by the fitted
+    temperature ([1] or one per label) in a calibrated export."""
+    if temperature is not None:
+        logits = logits / temperature
+    return tf.nn.softmax(logits) if task == schema.MULTICLASS else tf.sigmoid(logits)
 
 
 def check_servable(record: native.ModelRecord, max_image_pixels: int) -> None:
@@ -262,9 +283,10 @@ def save_features(model: SimCLRModel, path: str) -> None:
 
 
 def save_serving(model: SimCLRModel, record: native.ModelRecord, path: str,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+                 max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 calibration: Optional[dict] = None) -> None:
     with tempfile.TemporaryDirectory() as assets_dir:
-        module = Classifier(model, record, assets_dir, max_image_pixels)
+        module = Classifier(model, record, assets_dir, max_image_pixels, calibration)
         # Functions with input signatures, traced once by the save itself.
         tf.saved_model.save(module, path, signatures={
             SERVING_SIGNATURE: module.serve_encoded,
@@ -273,24 +295,37 @@ def save_serving(model: SimCLRModel, record: native.ModelRecord, path: str,
 
 
 def export(model_dir: str, export_dir: str, checkpoint: str = "auto",
-           max_image_pixels: int = MAX_IMAGE_PIXELS) -> ExportResult:
+           max_image_pixels: int = MAX_IMAGE_PIXELS, calibrate: bool = False) -> ExportResult:
     """Writes `export_dir/features/` and, for models with a task head, `export_dir/serving/`
     (refusing images of more than `max_image_pixels`), replacing earlier exports there once the new
     one is complete. `checkpoint`: auto (fine-tuning's best if kept, else the latest), best,
-    latest, or a checkpoint prefix or folder."""
+    latest, or a checkpoint prefix or folder. `calibrate`: serving divides the logits by the
+    temperature of the model folder's calibration.json (`run.py --mode=eval --calibrate`)."""
     record = native.ModelRecord.load(model_dir)
     names = (FEATURES_DIR, SERVING_DIR) if has_task_head(record) else (FEATURES_DIR,)
     if SERVING_DIR in names:
         check_servable(record, max_image_pixels)
+    calibration = None
+    if calibrate:
+        if SERVING_DIR not in names:
+            raise UserError(f"--calibrate: {model_dir!r} has no task head to serve, so there "
+                            "are no probabilities to calibrate")
+        calibration = temperature.load(model_dir)
     staging = os.path.join(export_dir, STAGING_DIR)
     _remove(staging)  # left by an export that did not finish
     try:
         features = trained_model.load(model_dir, checkpoint, num_classes=0)
         prefix, step = features.checkpoint, features.step
+        if calibration is not None and calibration["global_step"] != step:
+            raise UserError(
+                f"{model_dir}/{temperature.CALIBRATION_FILE} was fitted at step "
+                f"{calibration['global_step']}, the exported checkpoint {prefix} is step {step}: "
+                "fit it again with `run.py --mode=eval --calibrate` on this checkpoint")
         save_features(features.model, os.path.join(staging, FEATURES_DIR))
         if SERVING_DIR in names:
             classifier = trained_model.load(model_dir, prefix).model
-            save_serving(classifier, record, os.path.join(staging, SERVING_DIR), max_image_pixels)
+            save_serving(classifier, record, os.path.join(staging, SERVING_DIR),
+                         max_image_pixels, calibration)
         _move_into_place(staging, export_dir)
     finally:
         _remove(staging)

@@ -6,18 +6,25 @@ from __future__ import annotations
 import csv
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from matplotlib import image as mpimg
+from scipy import special
 from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression
 
 from data_prep.formats import CHEXPERT_OBSERVATIONS, HAM10000_CLASSES, NIH_FINDINGS
 from simclr_med.checkpoints import trained_model
 from simclr_med.data import schema
+from simclr_med.data.finetune_input import evaluation_dataset
+from simclr_med.data.reader import open_build
 from simclr_med.errors import UserError
 from simclr_med.evaluation import label_mapping, metrics, plots
+from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate
+from tests import tiny
 
 
 def test_nih_and_chexpert_share_seven_findings_through_the_table():
@@ -160,3 +167,56 @@ def test_evaluation_uses_the_best_checkpoint_when_fine_tuning_kept_one(tmp_path)
     assert trained_model.inference_checkpoint(str(tmp_path), latest) == latest
     with pytest.raises(UserError, match="no 'best' checkpoint"):
         trained_model.inference_checkpoint(str(tmp_path / "empty"), "best")
+
+
+SYNTHETIC_CLASSES = ("disc", "ring", "bar", "cross")
+
+
+def _over_fitted_model(source, step: int, directory) -> str:
+    """A tiny random backbone with a head fitted to its training features by a weakly
+    regularised logistic regression: right on 70% of the training images, on about 40% of the
+    others, and sure of itself on both (an over-confident model, as a fine-tuned one can be)."""
+    keras.utils.set_random_seed(0)
+    model = SimCLRModel(tiny.TINY, len(SYNTHETIC_CLASSES))
+    model.build_for_image_size()
+    train = evaluate.Predictor(model, ("final_avg_pool",))(evaluation_dataset(
+        source, "train", tiny.TINY.image_size, tiny.TINY.eval_crop_proportion, 256))
+    features = train.outputs["final_avg_pool"]
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    probe = LogisticRegression(C=100.0, max_iter=3000).fit((features - mean) / std,
+                                                             train.truth["class_id"])
+    kernel = probe.coef_.T / std[:, None]
+    model.supervised_head.dense.kernel.assign(kernel)
+    model.supervised_head.dense.bias.assign(probe.intercept_ - mean @ kernel)
+    return tiny.save_model_folder(directory, model, SYNTHETIC_CLASSES, step=step)
+
+
+def test_calibrated_evaluation(synthetic_build, tmp_path):
+    """An over-confident model evaluated with --calibrate: the temperature is fitted on the
+    validation split, written into the model folder, and the test split's calibrated ECE is the
+    ECE of softmax(log p / T) of predictions_test.csv; the plots and the report are written."""
+    source = open_build(str(synthetic_build))
+    model_dir = _over_fitted_model(source, 7, tmp_path / "model")
+    output = tmp_path / "out"
+    config = evaluate.EvalConfig(bootstrap_samples=50, calibrate=True, output_dir=str(output))
+    result = evaluate.evaluate(model_dir, source, "test", config)
+
+    with open(f"{model_dir}/calibration.json") as f:
+        calibration = json.load(f)
+    assert result["calibration"] == calibration
+    assert calibration["fitted_on"] == "validation" and calibration["global_step"] == 7
+    assert 1.5 < calibration["temperature"] < 50  # over-confident (about 16)
+    assert calibration["ece_after"] < calibration["ece_before"]
+    assert calibration["nll_after"] < calibration["nll_before"]
+    rows, targets, probs = _read_predictions(output / "predictions_test.csv", SYNTHETIC_CLASSES,
+                                             "multiclass")
+    scaled = special.softmax(np.log(probs) / calibration["temperature"], axis=1)
+    entry = result["metrics"]["ece_calibrated"]
+    assert entry["value"] == pytest.approx(metrics.compute(targets, scaled)["ece"], abs=1e-9)
+    assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
+    assert entry["value"] < result["metrics"]["ece"]["value"]  # better on the test split too
+    assert result["metrics"]["ece"]["value"] == pytest.approx(  # the raw one is still the raw one
+        metrics.compute(targets, probs)["ece"], abs=1e-9)
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        ["eval_test.json", "predictions_test.csv", "roc_test.png", "confusion_matrix_test.png",
+         "reliability_test.png", "reliability_test_calibrated.png", "report_test.html"])

@@ -701,3 +701,74 @@ def test_real_fine_tuning_run_serves_its_evaluation_predictions(ham_build, tmp_p
     assert sorted(served) == sorted(rows) and len(rows) == 232
     np.testing.assert_allclose(np.array([served[i] for i in rows]), np.array(list(rows.values())),
                                rtol=0, atol=TOLERANCE)
+
+
+def _calibration(temperature, step: int) -> dict:
+    """A calibration.json as `run.py --mode=eval --calibrate` writes it."""
+    return {"temperature": temperature, "fitted_on": "validation", "num_images": 50,
+            "global_step": step, "task": "", "nll_before": 1.0, "nll_after": 0.9,
+            "ece_before": 0.2, "ece_after": 0.1}
+
+
+@pytest.fixture(scope="module")
+def calibrated(exported, tmp_path_factory) -> dict[str, tuple[pathlib.Path, pathlib.Path, dict]]:
+    """(model_dir, export_dir, calibration) per served model: a copy of its model folder with a
+    calibration.json of its best checkpoint's step (per label, other temperatures), exported with
+    calibrate=True."""
+    root = tmp_path_factory.mktemp("calibrated")
+    temperatures = {"multiclass": 2.5,
+                    "multilabel": dict(zip(NIH_LABELS, np.linspace(0.4, 3.0, len(NIH_LABELS))))}
+    folders = {}
+    for name, value in temperatures.items():
+        model_dir, export_dir = root / name / "model", root / name / "export"
+        shutil.copytree(exported[name][0], model_dir)
+        calibration = _calibration(value, BEST_STEP)
+        (model_dir / "calibration.json").write_text(json.dumps(calibration))
+        export.export(str(model_dir), str(export_dir), calibrate=True)
+        folders[name] = (model_dir, export_dir, calibration)
+    return folders
+
+
+@pytest.mark.parametrize("name", ["multiclass", "multilabel"])
+def test_calibrated_export_serves_probabilities_of_the_logits_over_t(calibrated, exported, images,
+                                                                     name):
+    """The calibrated export's probabilities are softmax (sigmoid) of the evaluated model's
+    logits divided by T; it holds T as the variable `temperature` and the asset
+    calibration.json. Uncalibrated exports have no temperature."""
+    model_dir, export_dir, calibration = calibrated[name]
+    loaded = evaluate.load_classifier(str(model_dir))
+    logits = loaded.model(_eval_pixels(images, loaded.record.model),
+                          training=False)["logits_sup"].numpy()
+    value = calibration["temperature"]
+    divisor = np.array(list(value.values()) if isinstance(value, dict) else [value])
+    serving = tf.saved_model.load(str(export_dir / "serving"))
+    served = serving.signatures["serving_default"](
+        images=tf.constant([path.read_bytes() for path in images]))["probabilities"].numpy()
+    expected = evaluate.probabilities(logits / divisor, loaded.record.task)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=TOLERANCE)
+    # the temperature changes the probabilities clearly, so a wrong use of it could not hide
+    assert np.abs(expected - evaluate.probabilities(logits, loaded.record.task)).max() > 0.05
+    np.testing.assert_allclose(serving.temperature.numpy(), divisor, rtol=1e-6)
+    asset = serving.calibration_file.asset_path.numpy().decode()
+    assert json.loads(pathlib.Path(asset).read_text()) == calibration
+    assert not hasattr(tf.saved_model.load(str(exported[name][1] / "serving")), "temperature")
+
+
+@pytest.mark.slow  # a run.py process: about 20 s on a loaded machine
+def test_calibrated_export_needs_the_calibration_of_its_checkpoint(exported, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported["multiclass"][0], model_dir)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "--mode=export", f"--model_dir={model_dir}",
+         f"--export_dir={tmp_path / 'export'}", "--calibrate"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert (f"run.py: error: no {model_dir}/calibration.json: fit a temperature first with "
+            "`python run.py --mode=eval --calibrate") in completed.stderr
+    (model_dir / "calibration.json").write_text(json.dumps(_calibration(2.0, LATEST_STEP)))
+    with pytest.raises(UserError, match=f"fitted at step {LATEST_STEP}, the exported checkpoint "
+                                        f".* is step {BEST_STEP}"):
+        export.export(str(model_dir), str(tmp_path / "export"), calibrate=True)
+    with pytest.raises(UserError, match="no task head to serve"):
+        export.export(str(exported["pretrain"][0]), str(tmp_path / "export"), calibrate=True)
+    assert not (tmp_path / "export" / "serving").exists()
