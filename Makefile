@@ -8,7 +8,7 @@ DEMO_DIR ?= demo_output
 # package, direct and transitive, as the whole suite last passed with them (`make upgrade` renews
 # the pins). The pins hold for the Python version named in the file's header; with another one,
 # or with `make CONSTRAINTS= install`, pip takes the newest versions setup.cfg allows.
-EXTRAS      ?= dev
+EXTRAS      ?= dev,beam
 CONSTRAINTS ?= constraints.txt
 PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 PINNED_PYTHON  := $(if $(CONSTRAINTS),$(shell sed -n \

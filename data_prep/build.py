@@ -1,15 +1,18 @@
 """Builds case-grouped TFRecord data sets from a folder of images and a metadata table.
 
     python -m data_prep.build --format=chexpert|nih|ham10000|generic --manifest=CSV \\
-        --image_root=DIR --output_dir=DIR [--num_workers=N] [--on_error=skip|fail] ...
+        --image_root=DIR --output_dir=DIR [--num_workers=N] [--on_error=skip|fail] ... \\
+        [--runner=local | --runner=beam -- <Apache Beam pipeline options>]
 
 `build_dataset(BuildConfig(...))` does the same from Python and returns the report.
 
 Steps: read the manifest (every row counted) -> drop duplicate images -> refuse paths outside the
 image root and missing files -> group images into cases -> split by patient -> rank the training
-patients for the label fractions -> read, check and encode the images in worker processes, in a
-fixed order -> one record per case into sharded TFRecords -> `dataset_info.json`,
-`label_fractions.json`, `report.json`.
+patients for the label fractions (`plan_cases`, the same for both runners) -> read, check and
+encode the images, in a fixed order, in worker processes (`--runner=local`, data_prep.parallel)
+or as an Apache Beam pipeline (`--runner=beam`, data_prep.beam_pipeline) -> one record per case
+into sharded TFRecords, cut by `writer.ShardPlan` -> `dataset_info.json`, `label_fractions.json`,
+`report.json`.
 
 Cases are written in a seeded pseudo-random order (a hash of the case id), so every shard holds a
 mix of patients and classes; identical inputs and flags give byte-identical shards.
@@ -24,82 +27,52 @@ if __name__ == "__main__":  # the command: hide TensorFlow's start-up notices be
 
 import collections
 import contextlib
-import dataclasses
 import functools
 import os
+import posixpath
 import stat
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
+import tensorflow as tf
 from tqdm import tqdm
 
 from data_prep import formats, images, manifest, parallel, splits, writer
+from data_prep.cases import (SPLITS, PlannedCase, PlannedImage, SplitTally, Written, case_record,
+                             estimated_bytes, write_order)
 from data_prep.config import BuildConfig
 from data_prep.manifest import ImageRow, ManifestError
 from data_prep.report import Ledger, format_summary, save_json
 from simclr_med.data import schema
 from simclr_med.errors import UserError
 
-SPLITS = (splits.TRAIN, splits.VALIDATION, splits.TEST)
 
+def build_dataset(config: BuildConfig, beam_args: Sequence[str] = ()) -> dict:
+    """Builds the data set `config` describes; returns the report (also saved as report.json).
 
-@dataclasses.dataclass
-class _Image:
-    row: ImageRow
-    path: str  # absolute, normalised
-    size: int  # bytes on disk
-
-
-@dataclasses.dataclass
-class _Case:
-    case_id: str
-    patient_id: str
-    split: str
-    images: list[_Image] = dataclasses.field(default_factory=list)
-    rank: float = 1.0
-
-
-@dataclasses.dataclass
-class _SplitTally:
-    """What one split received, per patient: images and cases written."""
-
-    images: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    cases: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    unlabelled_images: int = 0
-
-    def counts(self) -> dict[str, int]:
-        return {"patients": len(self.images), "cases": sum(self.cases.values()),
-                "images": sum(self.images.values())}
-
-
-def build_dataset(config: BuildConfig) -> dict:
-    """Builds the data set `config` describes; returns the report (also saved as report.json)."""
+    `beam_args`: the Apache Beam pipeline options of `config.runner == "beam"` (e.g.
+    `--runner=DirectRunner --direct_num_workers=2`); only the per-image work and the writing of
+    the shards run as the pipeline (data_prep.beam_pipeline), everything else as for the local
+    runner, so both give the same files.
+    """
     started = time.perf_counter()
-    image_root = os.path.realpath(config.image_root)
-    if not os.path.isdir(image_root):
-        raise UserError(f"image root {config.image_root!r} is not a folder")
+    image_root = _image_root(config)
     writer.prepare_output_dir(config.output_dir, config.overwrite)
     ledger = Ledger(config.on_error)
     source = formats.make_format(config)
-    parsed = manifest.read_manifest(config.manifests, source, config.split_column)
-    stages = {"read_manifest": time.perf_counter() - started}
-    ledger.rows_in = parsed.rows_in
-    for skipped in parsed.skips:
-        ledger.skip(skipped.reason, skipped.ref, skipped.detail)
-    rows = _drop_duplicates(parsed.rows, ledger)
-    if config.split_column:
-        split_of = splits.official_splits(rows).__getitem__
-    else:
-        split_of = functools.cache(functools.partial(
-            splits.hash_split, val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction, seed=config.split_seed))
-    cases = _group_cases(_locate(rows, image_root, ledger), split_of)
-    ranks = _label_fraction_ranks(cases, source.task, config.split_seed)
-    for case in cases:
-        case.rank = ranks.get(case.patient_id, 1.0)
-    stages["cases_and_splits"] = time.perf_counter() - started - sum(stages.values())
+    stages: dict[str, float] = {}
+    cases = plan_cases(config, source, image_root, ledger, stages)
     num_labels = len(source.names) if source.task == schema.MULTILABEL else 0
-    tallies, shards, empty_cases = _write_cases(cases, num_labels, config, image_root, ledger)
+    options = images.ImageOptions(image_root, config.image_size, config.max_image_pixels)
+    written = Written(ledger)
+    if config.runner == "beam":
+        from data_prep import beam_pipeline  # apache-beam is an optional dependency
+
+        write = functools.partial(beam_pipeline.write_cases, pipeline_args=beam_args)
+    else:
+        write = _write_local
+    shards = write(write_order(cases, config.split_seed), num_labels, config, options, written)
+    tallies, empty_cases = written.tallies, written.empty_cases
     stages["images"] = time.perf_counter() - started - sum(stages.values())
 
     split_counts = {split: tallies[split].counts() for split in SPLITS}
@@ -119,6 +92,47 @@ def build_dataset(config: BuildConfig) -> dict:
     return report
 
 
+def plan_cases(config: BuildConfig, source: manifest.RowParser, image_root: str, ledger: Ledger,
+               stages: dict[str, float]) -> list[PlannedCase]:
+    """Everything before the images are read, the same for every runner: the manifest (every row
+    counted into `ledger`), duplicates, paths outside the image root and missing files, cases,
+    the patient split and the label-fraction ranks. Adds the two stages' seconds to `stages`."""
+    started = time.perf_counter()
+    parsed = manifest.read_manifest(config.manifests, source, config.split_column)
+    stages["read_manifest"] = time.perf_counter() - started
+    ledger.rows_in = parsed.rows_in
+    for skipped in parsed.skips:
+        ledger.skip(skipped.reason, skipped.ref, skipped.detail)
+    rows = _drop_duplicates(parsed.rows, ledger)
+    if config.split_column:
+        split_of = splits.official_splits(rows).__getitem__
+    else:
+        split_of = functools.cache(functools.partial(
+            splits.hash_split, val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction, seed=config.split_seed))
+    cases = _group_cases(_locate(rows, image_root, ledger), split_of)
+    ranks = _label_fraction_ranks(cases, source.task, config.split_seed)
+    for case in cases:
+        case.rank = ranks.get(case.patient_id, 1.0)
+    stages["cases_and_splits"] = time.perf_counter() - started - stages["read_manifest"]
+    return cases
+
+
+def _image_root(config: BuildConfig) -> str:
+    """The image root as a real local path (links followed), or a bucket's URL (Beam only)."""
+    if not images.is_url(config.image_root):
+        image_root = os.path.realpath(config.image_root)
+        if not os.path.isdir(image_root):
+            raise UserError(f"image root {config.image_root!r} is not a folder")
+        return image_root
+    if config.runner != "beam":
+        raise UserError(f"--image_root={config.image_root}: the local runner reads images from "
+                        f"a local folder; --runner=beam reads them from a bucket")
+    if not tf.io.gfile.isdir(config.image_root):
+        raise UserError(f"image root {config.image_root!r} is not a folder")
+    return config.image_root.rstrip("/")
+
+
 def _drop_duplicates(rows: list[ImageRow], ledger: Ledger) -> list[ImageRow]:
     """The first row of each image id and of each path; later ones are skipped as duplicates."""
     first_ref: dict[str, str] = {}
@@ -136,36 +150,67 @@ def _drop_duplicates(rows: list[ImageRow], ledger: Ledger) -> list[ImageRow]:
     return unique
 
 
-def _locate(rows: list[ImageRow], image_root: str, ledger: Ledger) -> Iterator[_Image]:
+def _locate(rows: list[ImageRow], image_root: str, ledger: Ledger) -> Iterator[PlannedImage]:
     """Rows whose path lies inside the image root and names an existing file."""
     for row in rows:
-        path = os.path.normpath(os.path.join(image_root, row.path))
-        if not images.is_inside(path, image_root):
+        path = _image_path(image_root, row.path)
+        if path is None:
             ledger.skip(images.OUTSIDE_ROOT, row.ref, f"{row.path} is outside {image_root}")
             continue
         try:
-            status = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+            size = _file_size(path)
+        except FileNotFoundError:
             ledger.skip(images.MISSING_FILE, row.ref, f"{row.path} not found in {image_root}")
             continue
         except OSError as error:
             ledger.skip(images.UNREADABLE_FILE, row.ref, f"{row.path}: {error}")
             continue
-        if not stat.S_ISREG(status.st_mode):
+        if size is None:
             ledger.skip(images.MISSING_FILE, row.ref, f"{row.path} is not a file")
             continue
-        yield _Image(row, path, status.st_size)
+        yield PlannedImage(row, path, size)
 
 
-def _group_cases(located: Iterator[_Image], split_of: Callable[[str], str]) -> list[_Case]:
+def _image_path(image_root: str, path: str) -> str | None:
+    """`path` (relative to the root, or absolute) joined to the root and normalised; None when it
+    leads outside the root."""
+    if not images.is_url(image_root):
+        joined = os.path.normpath(os.path.join(image_root, path))
+        return joined if images.is_inside(joined, image_root) else None
+    scheme, root = image_root.split("://", 1)
+    joined = posixpath.normpath(posixpath.join("/" + root, path))
+    return f"{scheme}:/{joined}" if images.is_inside(joined, "/" + root) else None
+
+
+def _file_size(path: str) -> int | None:
+    """The size of the file at `path`, None if it is not a file; FileNotFoundError if nothing is
+    there."""
+    if images.is_url(path):
+        try:
+            status = tf.io.gfile.stat(path)
+        except tf.errors.NotFoundError:
+            raise FileNotFoundError(path) from None
+        except tf.errors.OpError as error:
+            raise OSError(error.message) from None
+        return None if status.is_directory else status.length
+    try:
+        status = os.stat(path)
+    except NotADirectoryError:
+        raise FileNotFoundError(path) from None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
+def _group_cases(located: Iterator[PlannedImage],
+                 split_of: Callable[[str], str]) -> list[PlannedCase]:
     """Cases with their images in image-id order; a case spanning two patients is an error."""
-    cases: dict[str, _Case] = {}
+    cases: dict[str, PlannedCase] = {}
     conflicts = []
     for image in located:
         row = image.row
         case = cases.get(row.case_id)
         if case is None:
-            case = cases[row.case_id] = _Case(row.case_id, row.patient_id, split_of(row.patient_id))
+            case = cases[row.case_id] = PlannedCase(row.case_id, row.patient_id,
+                                                    split_of(row.patient_id))
         if case.patient_id != row.patient_id:
             conflicts.append(f"{row.ref}: case {row.case_id!r} has patient {row.patient_id!r} "
                              f"here and {case.patient_id!r} before")
@@ -179,7 +224,7 @@ def _group_cases(located: Iterator[_Image], split_of: Callable[[str], str]) -> l
     return list(cases.values())
 
 
-def _label_fraction_ranks(cases: list[_Case], task: str, seed: int) -> dict[str, float]:
+def _label_fraction_ranks(cases: list[PlannedCase], task: str, seed: int) -> dict[str, float]:
     """Ranks of the training patients (see `data_prep.splits`)."""
     by_patient = collections.defaultdict(list)
     for case in cases:
@@ -192,67 +237,36 @@ def _label_fraction_ranks(cases: list[_Case], task: str, seed: int) -> dict[str,
     return splits.label_fraction_ranks(strata, seed)
 
 
-def _write_cases(cases: list[_Case], num_labels: int, config: BuildConfig, image_root: str,
-                 ledger: Ledger) -> tuple[dict[str, _SplitTally], dict[str, list[schema.ShardInfo]],
-                                          int]:
-    """Reads the images in parallel and writes one record per case; returns what was written."""
-    ordered = sorted(cases, key=lambda case: (SPLITS.index(case.split), splits.unit_hash(
-        config.split_seed, "order", case.case_id), case.case_id))
-    estimated = collections.Counter()
-    for case in cases:
-        estimated[case.split] += sum(image.size for image in case.images)
+def _write_local(ordered: list[PlannedCase], num_labels: int, config: BuildConfig,
+                 options: images.ImageOptions,
+                 written: Written) -> dict[str, list[schema.ShardInfo]]:
+    """Reads the images in worker processes (data_prep.parallel) and writes one record per case,
+    streaming; returns the shards."""
+    estimated = estimated_bytes(ordered)
     shard_bytes = int(config.shard_size_mb * 2**20)
     writers = {split: writer.ShardedWriter(config.output_dir, split, estimated[split], shard_bytes)
                for split in SPLITS}
-    options = images.ImageOptions(image_root, config.image_size, config.max_image_pixels)
     outcomes = parallel.ordered_map(functools.partial(images.load_image, options=options),
                                     (image.path for case in ordered for image in case.images),
                                     config.workers)
-    tallies = {split: _SplitTally() for split in SPLITS}
-    empty_cases = 0
     try:
         with contextlib.closing(outcomes), tqdm(
-                total=sum(len(case.images) for case in cases), unit="image", desc="images",
+                total=sum(len(case.images) for case in ordered), unit="image", desc="images",
                 disable=not config.progress, mininterval=1.0) as progress:
             for case in ordered:
-                entries = _case_entries(case, outcomes, ledger, progress)
-                if not entries:
-                    empty_cases += 1
-                    continue
-                writers[case.split].write(schema.encode_case(schema.Case(
-                    case.case_id, case.patient_id, entries, case.rank), num_labels))
-                ledger.images_written += len(entries)
-                tally = tallies[case.split]
-                tally.images[case.patient_id] += len(entries)
-                tally.cases[case.patient_id] += 1
-                tally.unlabelled_images += sum(
-                    1 for entry in entries if entry.class_id < 0 and not any(entry.label_mask))
-        shards = {split: writers[split].finish() for split in SPLITS}
+                case_outcomes = [next(outcomes) for _ in case.images]
+                progress.update(len(case_outcomes))
+                entries = written.add(case, case_outcomes)
+                if entries:
+                    writers[case.split].write(case_record(case, entries, num_labels))
+        return {split: writers[split].finish() for split in SPLITS}
     except BaseException:
         for shard_writer in writers.values():
             shard_writer.discard()
         raise
-    return tallies, shards, empty_cases
 
 
-def _case_entries(case: _Case, outcomes: Iterator[images.Outcome], ledger: Ledger,
-                  progress: tqdm) -> list[schema.ImageEntry]:
-    """The case's images that could be read; the others are counted as skipped."""
-    entries = []
-    for image in case.images:
-        outcome = next(outcomes)
-        progress.update()
-        if outcome.reason:
-            ledger.skip(outcome.reason, image.row.ref, outcome.detail)
-            continue
-        row = image.row
-        entries.append(schema.ImageEntry(
-            encoded=outcome.encoded, image_id=row.image_id, view=row.view,
-            class_id=row.class_id, labels=row.labels, label_mask=row.label_mask))
-    return entries
-
-
-def _label_fractions(cases: list[_Case], train: _SplitTally, seed: int) -> dict:
+def _label_fractions(cases: list[PlannedCase], train: SplitTally, seed: int) -> dict:
     """`label_fractions.json`: per standard fraction, the training patients it selects."""
     ranks = {case.patient_id: case.rank for case in cases if case.patient_id in train.images}
     fractions = {}
@@ -272,7 +286,8 @@ def main() -> None:
     # has flags of its own, such as --image_size) defines no flags.
     from flags import build_flags, entry_point
 
-    entry_point.run(lambda: print(format_summary(build_dataset(build_flags.build_config()))))
+    entry_point.run(lambda args: print(format_summary(build_dataset(
+        build_flags.build_config(), beam_args=build_flags.beam_args(args)))), takes_args=True)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ FORMATS = ("chexpert", "nih", "ham10000", "generic")
 UNCERTAINTY_POLICIES = ("ones", "zeros", "ignore")
 CASE_KEYS = ("patient", "study")
 ON_ERROR = ("skip", "fail")
+RUNNERS = ("local", "beam")
 # Fields whose `python -m data_prep.build` flag has another name; the others have the field's.
 FLAG_NAMES = {"manifests": "manifest"}
 _PATH_FIELDS = ("manifests", "image_root", "output_dir")
-_NOT_RECORDED = ("overwrite", "progress")  # how to run, not what to build
+_NOT_RECORDED = ("overwrite", "progress", "runner")  # how to run, not what to build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class BuildConfig:
     num_workers: int = 0  # 0: one per CPU core
     shard_size_mb: float = 128.0
     on_error: str = "skip"
+    runner: str = "local"  # local: data_prep.parallel; beam: data_prep.beam_pipeline
     overwrite: bool = False
     progress: bool = True
 
@@ -68,6 +70,8 @@ class BuildConfig:
             raise ValueError("no manifest given")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be skip or fail, got {self.on_error!r}")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be local or beam, got {self.runner!r}")
         if self.uncertainty not in UNCERTAINTY_POLICIES:
             raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTY_POLICIES)}, "
                              f"got {self.uncertainty!r}")

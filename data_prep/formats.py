@@ -12,10 +12,11 @@ CheXpert, `view_position=PA` for NIH), empty when the source has none.
 from __future__ import annotations
 
 import functools
-import glob
-import os
+import posixpath
 import re
 from typing import Iterable
+
+import tensorflow as tf
 
 from data_prep import manifest
 from data_prep.config import BuildConfig
@@ -100,13 +101,15 @@ class FileIndex:
     """Finds image files by name in the image root and the official sub-folders (first wins)."""
 
     def __init__(self, root: str, patterns: tuple[str, ...]) -> None:
+        # tf.io.gfile: the root may be a bucket (gs://...) as well as a local folder.
         folders = [root] + [folder for pattern in patterns
-                            for folder in sorted(glob.glob(os.path.join(root, pattern)))]
+                            for folder in sorted(tf.io.gfile.glob(f"{root}/{pattern}"))]
         self._paths: dict[str, str] = {}
         for folder in folders:
-            if os.path.isdir(folder):
-                for name in sorted(os.listdir(folder)):
-                    self._paths.setdefault(name, os.path.relpath(os.path.join(folder, name), root))
+            if tf.io.gfile.isdir(folder):
+                relative = folder[len(root):].strip("/")
+                for name in sorted(tf.io.gfile.listdir(folder)):
+                    self._paths.setdefault(name, posixpath.join(relative, name))
 
     def __call__(self, name: str) -> str:
         """The file's path relative to the root, or `name` itself when it is nowhere."""

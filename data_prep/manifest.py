@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import io
 import os
 from typing import Iterator, Protocol, TextIO
 
@@ -83,11 +84,21 @@ class RowParser(Protocol):
 
 
 def _open_text(path: str) -> TextIO:
-    if not os.path.isfile(path):
+    """The manifest as text: a local file, or one in a bucket (gs://...) through tf.io.gfile."""
+    if "://" in path:
+        import tensorflow as tf
+
+        if tf.io.gfile.isdir(path) or not tf.io.gfile.exists(path):
+            raise ManifestError(f"manifest {path!r} not found")
+        with tf.io.gfile.GFile(path, "rb") as f:  # not an io stream: read whole (a table)
+            binary = io.BytesIO(f.read())
+    elif not os.path.isfile(path):
         raise ManifestError(f"manifest {path!r} not found")
+    else:
+        binary = open(path, "rb")
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        binary = gzip.GzipFile(fileobj=binary, mode="rb")
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
 
 
 def _records(path: str, columns: tuple[str, ...]) -> Iterator[tuple[str, list[str], list[str]]]:

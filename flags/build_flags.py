@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from data_prep.config import (CASE_KEYS, FLAG_NAMES, FORMATS, ON_ERROR,
+from data_prep.config import (CASE_KEYS, FLAG_NAMES, FORMATS, ON_ERROR, RUNNERS,
                               UNCERTAINTY_POLICIES, BuildConfig)
 from flags.entry_point import ConfigFlags
+from simclr_med.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -69,12 +70,18 @@ flags.DEFINE_integer("image_size", BuildConfig.image_size,
 flags.DEFINE_integer("max_image_pixels", BuildConfig.max_image_pixels,
                      "Images with more pixels are refused (too_large) without being decoded.")
 flags.DEFINE_integer("num_workers", BuildConfig.num_workers,
-                     "Worker processes reading images (0: one per CPU core).")
+                     "Worker processes reading images (0: one per CPU core), with "
+                     "--runner=local; Beam's own options choose its workers.")
 flags.DEFINE_float("shard_size_mb", BuildConfig.shard_size_mb,
                    "Target size of a TFRecord shard in MiB.")
 flags.DEFINE_enum("on_error", BuildConfig.on_error, ON_ERROR,
                   "skip: count and report rows that cannot be written; fail: stop at the first, "
                   "naming the row.")
+flags.DEFINE_enum("runner", BuildConfig.runner, RUNNERS,
+                  "local: read the images in --num_workers processes of this machine; beam: as an "
+                  "Apache Beam pipeline (pip install 'simclr-med[beam]'), its options after `--`, "
+                  "e.g. `--runner=beam -- --runner=DirectRunner --direct_num_workers=2`. Both "
+                  "write the same files.")
 flags.DEFINE_boolean("overwrite", BuildConfig.overwrite,
                      "Replace a previous build in --output_dir.")
 flags.DEFINE_boolean("progress", BuildConfig.progress, "Show a progress bar.")
@@ -86,3 +93,11 @@ def build_config() -> BuildConfig:
     """The `BuildConfig` the parsed flags describe (lists become tuples)."""
     values = BUILD.values()
     return BUILD.build(**{k: tuple(v) for k, v in values.items() if isinstance(v, list)})
+
+
+def beam_args(args: list[str]) -> list[str]:
+    """The Apache Beam pipeline options: the arguments after `--`, with `--runner=beam` only."""
+    if args and FLAGS.runner != "beam":
+        raise UserError(f"unexpected argument(s) {' '.join(args)}: only --runner=beam takes "
+                        f"arguments (Apache Beam pipeline options, after `--`)")
+    return list(args)

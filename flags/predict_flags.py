@@ -10,6 +10,10 @@ FLAGS = flags.FLAGS
 flags.declare_key_flag("export_dir")  # export_flags' other flag is the exporter's
 
 flags.DEFINE_integer("top_k", 3, "Labels to print per image, most probable first.", lower_bound=1)
+flags.DEFINE_string("saliency_dir", None, "Folder for one Grad-CAM PNG per image, "
+                    "<image file stem>_saliency.png: the heat map over the preprocessed image.")
+flags.DEFINE_string("saliency_class", None, "Class (or label) name the saliency maps explain "
+                    "(default: each image's predicted class, or most probable label).")
 
 
 def export_dir() -> str:
@@ -18,3 +22,11 @@ def export_dir() -> str:
 
 def top_k() -> int:
     return FLAGS.top_k
+
+
+def saliency_dir() -> str | None:
+    return FLAGS.saliency_dir or None
+
+
+def saliency_class() -> str | None:
+    return FLAGS.saliency_class or None

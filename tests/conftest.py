@@ -1,8 +1,9 @@
 """Shared test fixtures: real data location, logical CPU devices, quiet TensorFlow.
 
-Tests of the real data sets and of the reference checkpoints skip where those are missing (a clone
-without ../shared); with SIMCLR_MED_REQUIRE_DATA=1 (as `.ci/run` sets it) a missing one is an
-error instead, so CI cannot pass by skipping them.
+Tests of the real data sets, of the reference checkpoints and of Apache Beam skip where those are
+missing (a clone without ../shared, an install without the `beam` extra); with
+SIMCLR_MED_REQUIRE_DATA=1 (as `.ci/run` sets it) a missing one is an error instead, so CI cannot
+pass by skipping them.
 
 A test that starts a Python process (a command line, a fresh TensorFlow, a cluster of workers)
 is marked `subprocess`; `make test-fast` leaves those out, with the `slow` and `multiprocess`
@@ -108,6 +109,16 @@ def simclr_tf2_fixtures() -> pathlib.Path:
     if not path.is_dir():
         skip_unless_required(f"SimCLR TF2 fixtures not found at {path}: set SIMCLR_MED_FIXTURES")
     return path
+
+
+@pytest.fixture(scope="session")
+def apache_beam():
+    """The `apache_beam` module (the `beam` extra, which `make` installs), or skip (see above)."""
+    try:
+        import apache_beam
+    except ImportError:
+        skip_unless_required("apache-beam is not installed: pip install 'simclr-med[beam]'")
+    return apache_beam
 
 
 def _build(tmp_path_factory, name: str, **kwargs) -> pathlib.Path:

@@ -24,7 +24,7 @@ from simclr_med import config
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS_MODULES = sorted(f"flags.{path.stem}" for path in (REPO / "flags").glob("*_flags.py"))
 # These import simclr_med.serving (for the serving limits), which imports TensorFlow.
-IMPORT_TENSORFLOW = ("flags.export_flags", "flags.predict_flags")
+IMPORT_TENSORFLOW = ("flags.export_flags", "flags.predict_flags", "flags.pointing_game_flags")
 STAGE_CODE = ("simclr_med.stages", "simclr_med.training", "simclr_med.models",
               "simclr_med.checkpoints", "simclr_med.evaluation", "simclr_med.data.augment")
 

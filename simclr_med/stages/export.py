@@ -8,6 +8,10 @@
   `preprocess.preprocess_for_eval` itself, traced into the graph, so serving sees the pixels
   evaluation sees. Signature
   `serving_preprocessed` takes float images [batch, image_size, image_size, 3] in [0, 1] instead.
+  Signature `saliency` takes the same `images` and `class_index` (int32 [batch], -1: the predicted
+  class) and returns Grad-CAM's `heatmap` [batch, image_size, image_size] in [0, 1] (of
+  `block_group4`, `simclr_med.evaluation.saliency`), the pixels `image` it refers to and
+  `probabilities`.
   Class names and task are assets (`assets/labels.txt`, one name a line; `assets/task.txt`) and the
   string variables `class_names` and `task`. Images of more than `max_image_pixels` pixels (a
   variable of the export, read from each PNG's IHDR or JPEG's frame header before anything is
@@ -32,6 +36,7 @@ once complete, so a failed export leaves the earlier one as it was.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 
@@ -41,9 +46,11 @@ from absl import logging
 from simclr_med.checkpoints import native, trained_model
 from simclr_med.data import preprocess, schema
 from simclr_med.errors import UserError
+from simclr_med.evaluation import saliency
 from simclr_med.models.simclr import OutputShape, SimCLRModel, output_shapes, unless_empty
-from simclr_med.serving import (CLASS_NAMES, EMBEDDING, IMAGES, MAX_IMAGE_PIXELS, PROBABILITIES,
-                                SERVING_DIR, SERVING_SIGNATURE, TASK)
+from simclr_med.serving import (CLASS_INDEX, CLASS_NAMES, EMBEDDING, HEATMAP, IMAGE, IMAGES,
+                                MAX_IMAGE_PIXELS, PROBABILITIES, SALIENCY_SIGNATURE, SERVING_DIR,
+                                SERVING_SIGNATURE, TASK)
 
 FEATURES_DIR = "features"
 STAGING_DIR = ".incomplete"  # inside export_dir, where an export is written before it is moved
@@ -128,14 +135,21 @@ class Classifier(_AutoTrackable):
             tf.TensorSpec([None], tf.string, name=IMAGES)])
         self.serve_preprocessed = tf.function(self._predict, input_signature=[
             tf.TensorSpec([None, size, size, 3], tf.float32, name=IMAGES)])
+        self._grad_cam = functools.partial(saliency.grad_cam_with_logits, model)  # not tracked
+        self.serve_saliency = tf.function(self._saliency, input_signature=[
+            tf.TensorSpec([None], tf.string, name=IMAGES),
+            tf.TensorSpec([None], tf.int32, name=CLASS_INDEX)])
 
-    def _serve_encoded(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _decode(self, images: tf.Tensor) -> tf.Tensor:
+        """Encoded images -> the evaluation's pixels [batch, size, size, 3], after the checks."""
         size = self._image_size
-        pixels = tf.map_fn(
+        return tf.map_fn(
             lambda encoded: preprocess.preprocess_for_eval(encoded, size, self._crop_proportion),
             require_pixels_at_most(require_png_or_jpeg(images), self.max_image_pixels),
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        return self._predict(pixels)
+
+    def _serve_encoded(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._predict(self._decode(images))
 
     def _predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return unless_empty(images, self._probabilities, dict(self._shapes))
@@ -143,10 +157,31 @@ class Classifier(_AutoTrackable):
     def _probabilities(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self._forward(images, training=False)
         logits = tf.cast(outputs["logits_sup"], tf.float32)
-        probabilities = (tf.nn.softmax(logits) if self._task == schema.MULTICLASS
-                         else tf.sigmoid(logits))
-        return {PROBABILITIES: probabilities,
+        return {PROBABILITIES: self._probabilities_of(logits),
                 EMBEDDING: tf.cast(outputs["final_avg_pool"], tf.float32)}
+
+    def _probabilities_of(self, logits: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(logits) if self._task == schema.MULTICLASS else tf.sigmoid(logits)
+
+    def _saliency(self, images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Grad-CAM maps (`saliency.grad_cam`, of the last block group) of `class_index` (-1: the
+        predicted class) on the pixels serving_default sees, with those pixels."""
+        check = tf.debugging.assert_equal(
+            tf.size(class_index), tf.size(images),
+            message=f"{CLASS_INDEX} must hold one class index (or -1) per image")
+        with tf.control_dependencies([check]):
+            pixels = self._decode(images)
+
+        def explain(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+            heatmap, logits = self._grad_cam(batch, class_index)
+            return {HEATMAP: heatmap[..., None], PROBABILITIES: self._probabilities_of(logits)}
+
+        # The heat map gets a channel axis only to go through unless_empty's feature-map shape.
+        outputs = unless_empty(pixels, explain, {HEATMAP: OutputShape(1, stride=1),
+                                                 PROBABILITIES: dict(self._shapes)[PROBABILITIES]})
+        size = self._image_size
+        return {HEATMAP: tf.ensure_shape(outputs[HEATMAP][..., 0], [None, size, size]),
+                IMAGE: pixels, PROBABILITIES: outputs[PROBABILITIES]}
 
 
 def check_servable(record: native.ModelRecord, max_image_pixels: int) -> None:
@@ -233,7 +268,8 @@ def save_serving(model: SimCLRModel, record: native.ModelRecord, path: str,
         # Functions with input signatures, traced once by the save itself.
         tf.saved_model.save(module, path, signatures={
             SERVING_SIGNATURE: module.serve_encoded,
-            PREPROCESSED_SIGNATURE: module.serve_preprocessed})
+            PREPROCESSED_SIGNATURE: module.serve_preprocessed,
+            SALIENCY_SIGNATURE: module.serve_saliency})
 
 
 def export(model_dir: str, export_dir: str, checkpoint: str = "auto",

@@ -35,6 +35,7 @@ from simclr_med.config import ModelConfig, OptimConfig, TrainConfig
 from simclr_med.data import augment, preprocess, schema
 from simclr_med.data.reader import open_build, read_images
 from simclr_med.errors import UserError
+from simclr_med.evaluation import saliency
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate, export
 from simclr_med.stages.finetune import FinetuneConfig, finetune
@@ -45,6 +46,8 @@ pytestmark = pytest.mark.subprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+# The saliency signature's class_index for the test images: -1 is each image's predicted class.
+CLASS_INDEX = [-1, 0, -1, 2, 6, -1]
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema",
               "Fibrosis", "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening",
               "Pneumonia", "Pneumothorax")
@@ -96,12 +99,17 @@ for name, folder in job["serving"].items():
     pixels = tf.constant(np.load(job["pixels"][name]))
     for key, value in model.signatures["serving_preprocessed"](images=pixels).items():
         arrays[f"{name}/preprocessed/{key}"] = value.numpy()
+    explained = tf.constant(job["class_index"], tf.int32)
+    for key, value in model.signatures["saliency"](images=batch, class_index=explained).items():
+        arrays[f"{name}/saliency/{key}"] = value.numpy()
     oversized = tf.constant([open(path, "rb").read() for path in job["oversized"][name]])
     started = time.perf_counter()
     too_large = error_of(lambda: serve(images=oversized))
     report[name] = {
         "inputs": {k: [str(v.dtype.name), v.shape.as_list()]
                    for k, v in serve.structured_input_signature[1].items()},
+        "saliency_inputs": {k: [str(v.dtype.name), v.shape.as_list()] for k, v in
+                            model.signatures["saliency"].structured_input_signature[1].items()},
         "class_names": [n.decode() for n in model.class_names.numpy()],
         "task": model.task.numpy().decode(),
         "labels_asset": open(model.labels_file.asset_path.numpy().decode()).read(),
@@ -159,6 +167,8 @@ report["serving_default"] = shapes(serving.signatures["serving_default"](
     images=tf.constant([], tf.string)))
 report["serving_preprocessed"] = shapes(serving.signatures["serving_preprocessed"](
     images=tf.zeros([0] + job["pixels_shape"])))
+report["saliency"] = shapes(serving.signatures["saliency"](
+    images=tf.constant([], tf.string), class_index=tf.constant([], tf.int32)))
 features = tf.saved_model.load(job["features"])
 moving_averages = lambda: [v.numpy() for v in features.variables if not v.trainable]
 for trainable in (False, True):
@@ -376,6 +386,7 @@ def fresh_process(exported, images, oversized, tmp_path_factory) -> dict:
     for name, reference in references.items():
         np.save(work / f"{name}_pixels.npy", reference["pixels"])
     job = {"images": [str(path) for path in images], "out": str(work / "result"),
+           "class_index": CLASS_INDEX,
            "pixels": {name: str(work / f"{name}_pixels.npy") for name in references},
            "oversized": {name: list(map(str, files)) for name, files in oversized.items()},
            "serving": {name: str(exported[name][1] / "serving")
@@ -433,6 +444,25 @@ def test_serving_signature_and_metadata(fresh_process, name):
     assert report["task_asset"].strip() == MODELS[name]["task"]
 
 
+@pytest.mark.parametrize("name", ["multiclass", "multilabel"])
+def test_saliency_signature_equals_grad_cam(fresh_process, exported, name):
+    """The `saliency` signature on encoded images: Grad-CAM of the Keras model on the
+    evaluation's pixels (which it returns), for the predicted class (-1) or the one asked."""
+    report, arrays = fresh_process["report"][name], fresh_process["arrays"]
+    assert report["saliency_inputs"] == {"images": ["string", [None]],
+                                         "class_index": ["int32", [None]]}
+    pixels = fresh_process["references"][name]["pixels"]
+    model = evaluate.load_classifier(str(exported[name][0])).model
+    expected = saliency.grad_cam(model, tf.constant(pixels), tf.constant(CLASS_INDEX)).numpy()
+    assert 0.05 < expected.mean() < 0.95  # maps with something to compare
+    heatmaps = arrays[f"{name}/saliency/heatmap"]
+    assert heatmaps.shape == pixels.shape[:3] and heatmaps.min() >= 0 and heatmaps.max() <= 1
+    np.testing.assert_allclose(heatmaps, expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(arrays[f"{name}/saliency/image"], pixels, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(arrays[f"{name}/saliency/probabilities"],
+                               arrays[f"{name}/probabilities"], rtol=0, atol=TOLERANCE)
+
+
 @pytest.fixture(scope="module", params=["1", "0"], ids=["onednn_on", "onednn_off"])
 def empty_batches(request, exported) -> dict:
     """EMPTY_BATCH_CHECKS's report, in a fresh process with oneDNN on or off: its graph rewrites
@@ -458,6 +488,12 @@ def test_empty_batch_gives_empty_outputs(empty_batches):
     # trainable=True updates the moving averages from a batch, but not from no images (NaN)
     assert not empty_batches["features/True/1/moving_averages_kept"]
     assert empty_batches["features/True/0/moving_averages_kept"]
+
+
+def test_saliency_of_an_empty_batch_is_empty(empty_batches):
+    size = MODELS["multiclass"]["config"].image_size
+    assert empty_batches["saliency"] == {"heatmap": [0, size, size], "image": [0, size, size, 3],
+                                         "probabilities": [0, len(MODELS["multiclass"]["names"])]}
 
 
 def test_evaluation_predictor_skips_empty_batches(empty_batches):
@@ -606,6 +642,35 @@ def test_predict_prints_top_labels(exported, images, fresh_process, tmp_path):
         assert [name for name, _ in printed[str(images[index])]] == [HAM_CLASSES[i] for i in top]
         np.testing.assert_allclose([p for _, p in printed[str(images[index])]],
                                    probabilities[index][top], atol=1e-4)
+
+
+def _predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "simclr_med.predict", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_predict_writes_saliency_maps(exported, images, tmp_path):
+    """One PNG per image, named by its file's stem (made unique), for the predicted class or the
+    one --saliency_class names; an unknown name is refused with the model's class names."""
+    twin = tmp_path / "other" / images[0].name  # the same stem as images[0]
+    twin.parent.mkdir()
+    shutil.copy(images[0], twin)
+    export_dir = f"--export_dir={exported['multiclass'][1]}"
+    out = tmp_path / "maps"
+    completed = _predict(export_dir, f"--saliency_dir={out}", "--saliency_class=mel",
+                         str(images[0]), str(images[3]), str(twin))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    stem = images[0].stem
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{stem}_saliency.png", f"{images[3].stem}_saliency.png", f"{stem}-2_saliency.png"])
+    with Image.open(out / f"{stem}_saliency.png") as picture:
+        assert picture.format == "PNG" and picture.width > 200
+    assert f"saliency map: {out / (stem + '-2_saliency.png')}" in completed.stdout
+    refused = _predict(export_dir, f"--saliency_dir={out}", "--saliency_class=melanoma",
+                       str(images[0]))
+    assert refused.returncode == 2
+    assert ("predict: error: --saliency_class='melanoma' is none of the model's classes: "
+            + ", ".join(HAM_CLASSES)) in refused.stderr
 
 
 @pytest.mark.slow
