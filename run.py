@@ -104,6 +104,7 @@ def embed_map(model_dir: str, init_checkpoint: str, source: reader.Source) -> No
     config = embed_flags.embed_config()
     model, weights, step = load_encoder(model_dir, init_checkpoint, run_flags.model_config(),
                                         config.checkpoint)
+    record_flags(model_dir, "flags_embed.json", flag_values())  # a missing folder stays missing
     result = embed.embed(model, source, config, config.output_dir or model_dir,
                          checkpoint=weights, global_step=step)
     print(f"embedding map ({result.method}) of {result.num_images} of the "
@@ -128,8 +129,7 @@ def main() -> None:
     distribution = strategy.build_strategy(run_flags.strategy_config())
     source = open_source(run_flags.data_config(), FLAGS.mode)
     train = run_flags.train_config()
-    # Training modes record theirs once they train.
-    if FLAGS.mode in ("eval", "linear_eval", "embed"):
+    if FLAGS.mode in ("eval", "linear_eval"):  # training modes record theirs once they train
         record_flags(train.model_dir, f"flags_{FLAGS.mode}.json", flag_values())
     if FLAGS.mode == "pretrain":
         monitor = (KnnMonitor(source, finetune_flags.linear_eval_config(FLAGS.monitor_max_images))

@@ -124,3 +124,14 @@ def test_projector_files_hold_the_features_metadata_and_sprite(tmp_path):
     assert rows[0] == "image_id\tlabel" and rows[1] == "i0\ta b" and len(rows) == 8
     sprite = mpimg.imread(str(folder / entry.sprite.image_path))
     assert sprite.shape[:2] == (3 * 16, 3 * 16) and list(entry.sprite.single_image_dim) == [16, 16]
+
+
+def test_umap_where_installed_repeats_for_a_seed():
+    umap = pytest.importorskip("umap")  # optional: pip install -e '.[umap]'
+    x = _features(40)
+    xy = embedding_map.project(x, "umap", seed=3)
+    assert xy.shape == (40, 2) and xy.dtype == np.float64
+    np.testing.assert_array_equal(embedding_map.project(x, "umap", seed=3), xy)
+    reference = umap.UMAP(n_components=2, n_neighbors=15, metric="cosine",
+                          random_state=3).fit_transform(x.astype(np.float64))
+    np.testing.assert_array_equal(xy, reference)

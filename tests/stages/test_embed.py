@@ -4,6 +4,9 @@ and the projector files, for a pretraining folder (no head) and a fine-tuning fo
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -23,6 +26,7 @@ from simclr_med.stages import embed, linear_eval
 from tests.tiny import TINY
 
 SPLIT = "test"
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _model_folder(folder, num_classes: int, seed: int) -> None:
@@ -148,3 +152,17 @@ def test_a_multilabel_build_is_coloured_by_the_labels_rule(nih_build, tmp_path):
     for row, labels in zip(rows, data["labels"]):
         positive = [name for name, value in zip(names, labels) if value > 0.5]
         assert row.split("\t")[3] == ("|".join(positive) or "none")
+
+
+@pytest.mark.subprocess
+def test_run_py_names_a_missing_model_folder_in_one_line_and_creates_nothing(synthetic_build,
+                                                                             tmp_path):
+    missing = tmp_path / "no_such_run"
+    completed = subprocess.run(
+        [sys.executable, "run.py", "--mode=embed", f"--model_dir={missing}",
+         f"--data_dir={synthetic_build}", "--eval_split=test"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2, completed.stderr
+    last = completed.stderr.splitlines()[-1]  # (TensorFlow's notices above: the log level is set)
+    assert last.startswith("run.py: error: ") and "is not a simclr-med model folder" in last
+    assert not missing.exists()
