@@ -54,6 +54,7 @@ class ConfidentError:
     """An image the model got wrong with high probability."""
 
     index: int  # its row in the evaluation
+    column: int  # the evaluated class or label `predicted` is
     image_id: str
     truth: str  # the true class; multi-label: the image's positive labels
     predicted: str  # the wrong top class; multi-label: the false-positive label
@@ -77,8 +78,9 @@ def confident_errors(targets: Targets, probs: np.ndarray, image_id: np.ndarray,
     else:
         rows, columns = np.nonzero((targets.label_mask > 0) & (targets.labels < 0.5))
     order = np.argsort(-probs[rows, columns], kind="stable")[:count]
-    return [ConfidentError(int(i), str(image_id[i]), _truth(targets, i), targets.names[j],
-                           float(probs[i, j])) for i, j in zip(rows[order], columns[order])]
+    return [ConfidentError(int(i), int(j), str(image_id[i]), _truth(targets, i),
+                           targets.names[j], float(probs[i, j]))
+            for i, j in zip(rows[order], columns[order])]
 
 
 def _truth(targets: Targets, row: int) -> str:

@@ -35,7 +35,7 @@ from simclr_med.data.finetune_input import LABEL_FIELDS, evaluation_dataset
 from simclr_med.data.integrity import names_damaged_shards
 from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
-from simclr_med.evaluation import label_mapping, metrics, plots, temperature
+from simclr_med.evaluation import label_mapping, metrics, plots, saliency, temperature
 from simclr_med.evaluation import report as html_report
 from simclr_med.models.simclr import SimCLRModel, output_shapes, unless_empty
 from simclr_med.training.loop import write_json
@@ -212,7 +212,7 @@ def evaluate(model_dir: str, source: Source, split: str,
             paths.append(plots.write_calibrated(output_dir, split, targets, calibrated, title))
         errors = html_report.confident_errors(targets, probs, predicted.image_id)
         write_report(output_dir, model_dir, result, paths,
-                     error_pictures(source, split, record, config, errors))
+                     error_pictures(source, split, model, record, alignment, config, errors))
     if alignment.renamed or any(alignment.not_evaluated.values()):
         logging.info("evaluated the labels shared by model and data set: %s (renamed: %s; not "
                      "evaluated: %s)", ", ".join(alignment.names), alignment.renamed,
@@ -291,18 +291,26 @@ def evaluation_pixels(source: Source, split: str, record: native.ModelRecord, co
             for example in dataset}
 
 
-def error_pictures(source: Source, split: str, record: native.ModelRecord, config: EvalConfig,
+def error_pictures(source: Source, split: str, model: SimCLRModel, record: native.ModelRecord,
+                   alignment: Alignment, config: EvalConfig,
                    errors: Sequence[html_report.ConfidentError]) -> list[html_report.Picture]:
-    """The report's error grid: each error's evaluation pixels (what the model saw) as a PNG
-    thumbnail, captioned with its id, truth and prediction."""
+    """The report's error grid: each error's evaluation pixels (what the model saw) with the
+    Grad-CAM map of the wrong class or label it predicted overlaid, as a PNG thumbnail captioned
+    with its id, truth and prediction."""
+    if not errors:
+        return []
     pixels = evaluation_pixels(source, split, record, config, [error.image_id for error in errors])
+    images = tf.constant(np.stack([pixels[error.image_id] for error in errors]))
+    targets = tf.constant([alignment.model_columns[error.column] for error in errors], tf.int32)
+    heatmaps = saliency.grad_cam(model, images, targets).numpy()
     pictures = []
-    for error in errors:
-        image = tf.constant(pixels[error.image_id])
+    for error, heatmap in zip(errors, heatmaps):
+        image = tf.constant(saliency.overlay(pixels[error.image_id], heatmap))
         if max(image.shape[:2]) > THUMBNAIL_SIZE:
-            image = tf.image.resize(image, [THUMBNAIL_SIZE, THUMBNAIL_SIZE], antialias=True)
-        png = tf.io.encode_png(tf.cast(tf.round(tf.clip_by_value(image, 0, 1) * 255), tf.uint8))
-        pictures.append(html_report.Picture(png.numpy(), error.caption))
+            image = tf.cast(tf.round(tf.image.resize(image, [THUMBNAIL_SIZE, THUMBNAIL_SIZE],
+                                                     antialias=True)), tf.uint8)
+        pictures.append(html_report.Picture(tf.io.encode_png(image).numpy(),
+                                            f"{error.caption}; Grad-CAM of {error.predicted}"))
     return pictures
 
 

@@ -21,7 +21,7 @@ from simclr_med.data import schema
 from simclr_med.data.finetune_input import evaluation_dataset
 from simclr_med.data.reader import open_build
 from simclr_med.errors import UserError
-from simclr_med.evaluation import label_mapping, metrics, plots
+from simclr_med.evaluation import label_mapping, metrics, plots, report, saliency
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate
 from tests import tiny
@@ -220,3 +220,30 @@ def test_calibrated_evaluation(synthetic_build, tmp_path):
     assert sorted(p.name for p in output.iterdir()) == sorted(
         ["eval_test.json", "predictions_test.csv", "roc_test.png", "confusion_matrix_test.png",
          "reliability_test.png", "reliability_test_calibrated.png", "report_test.html"])
+
+
+def test_report_error_grid_shows_grad_cam_of_the_wrong_prediction(synthetic_build, tmp_path):
+    """Each picture of the report's error grid is the image evaluation saw with the Grad-CAM map
+    of the class the model wrongly predicted overlaid (not of the true class), captioned so."""
+    source = open_build(str(synthetic_build))
+    model_dir = _over_fitted_model(source, 3, tmp_path / "model")
+    loaded = evaluate.load_classifier(model_dir)
+    alignment = evaluate.align(loaded.record.task, SYNTHETIC_CLASSES, source.info)
+    config = evaluate.EvalConfig()
+    predicted = evaluate.Predictor(loaded.model)(evaluate._dataset(source, "test", loaded.record,
+                                                                   config))
+    targets, probs = evaluate.aligned(predicted, alignment)
+    errors = report.confident_errors(targets, probs, predicted.image_id, count=4)
+    assert len(errors) == 4
+    pictures = evaluate.error_pictures(source, "test", loaded.model, loaded.record, alignment,
+                                       config, errors)
+    pixels = evaluate.evaluation_pixels(source, "test", loaded.record, config,
+                                        [e.image_id for e in errors])
+    for error, picture in zip(errors, pictures):
+        image = pixels[error.image_id][None]
+        shown = tf.io.decode_png(picture.png).numpy()
+        wrong, true = (saliency.grad_cam(loaded.model, image, tf.constant([c], tf.int32))[0]
+                       for c in (error.column, int(targets.class_id[error.index])))
+        np.testing.assert_allclose(shown, saliency.overlay(image[0], wrong.numpy()), atol=1)
+        assert np.abs(shown.astype(int) - saliency.overlay(image[0], true.numpy())).max() > 10
+        assert picture.caption.endswith(f"Grad-CAM of {error.predicted}")
