@@ -1,6 +1,6 @@
 """Build throughput of `data_prep` on Apache Beam's DirectRunner against the local runner.
 
-    PYTHONPATH=. .venv/bin/python bench/beam_build_throughput.py [--image_size=112]
+    .venv/bin/python bench/beam_build_throughput.py [--image_size=112]
 
 The HAM10000 subset (1,164 JPEGs of 220 px, its flat manifest), shrunk to `--image_size` (decode,
 resize, PNG encode: work per image that workers share), built one after the other by the local
@@ -12,17 +12,20 @@ pipeline's start-up, which dominates at this size).
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import os
+import sys
 import tempfile
 
-from flags import entry_point
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flags import entry_point  # noqa: E402
 
 entry_point.import_tensorflow_quietly()
 
 from data_prep.build import build_dataset  # noqa: E402
 from data_prep.config import BuildConfig  # noqa: E402
+from flags import beam_bench_flags  # noqa: E402
 from tests import data_root  # noqa: E402
 
 RUNS = {
@@ -36,9 +39,7 @@ RUNS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image_size", type=int, default=112)
-    image_size = parser.parse_args().image_size
+    image_size = beam_bench_flags.image_size()
     root = data_root.real_data_root()
     if root is None:
         raise SystemExit("real data not found: set SIMCLR_MED_DATA (see tests/data_root.py)")
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point.run(main)

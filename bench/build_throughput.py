@@ -17,10 +17,13 @@ from __future__ import annotations
 import itertools
 import os
 import resource
+import sys
 import tempfile
 import time
 
-from flags import entry_point
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flags import entry_point  # noqa: E402
 
 entry_point.import_tensorflow_quietly()
 
