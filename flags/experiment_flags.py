@@ -27,7 +27,7 @@ flags.DEFINE_boolean("quick", ExperimentConfig.quick, "A tiny version for CI (un
 flags.DEFINE_list("arms", list(ExperimentConfig.arms), "Arms to run, of "
                   f"{', '.join(IN_DOMAIN_ARMS + INIT_ARMS)}; empty: {', '.join(IN_DOMAIN_ARMS)} "
                   "and, with --init_checkpoint, the arms started from it.")
-flags.DEFINE_list("label_fractions", [f"{f:g}" for f in ExperimentConfig.label_fractions],
+flags.DEFINE_list("label_fractions", list(ExperimentConfig.label_fractions),
                   "Fractions of the training patients to fine-tune on (data_prep's nested "
                   "subsets).")
 flags.DEFINE_integer("seeds", ExperimentConfig.seeds, "Fine-tuning seeds per cell.",
@@ -37,6 +37,9 @@ flags.DEFINE_float("budget_minutes", ExperimentConfig.budget_minutes, "Time to p
 flags.DEFINE_string("init_checkpoint", ExperimentConfig.init_checkpoint, "Weights to start the "
                     "`imagenet*` arms from: an official SimCLR TF2 checkpoint or a model folder "
                     "of this package; the network is the checkpoint's.")
+flags.DEFINE_string("shift", ExperimentConfig.shift, "<view attribute>:<from>-><to>, e.g. "
+                    "view_position:PA->AP (NIH): also fine-tune on the images of one view and "
+                    "evaluate on the test images of the other.")
 flags.DEFINE_enum("augmentation", ExperimentConfig.augmentation, list(AUGMENT_PRESETS),
                   "Augmentation preset of pretraining (cxr: the paper's chest X-ray set).")
 flags.DEFINE_integer("resnet_depth", ExperimentConfig.resnet_depth, "ResNet depth.")

@@ -33,7 +33,7 @@ from simclr_med.data.finetune_input import count_training_images, is_labelled
 from simclr_med.data.reader import Source, open_build, read_images
 from simclr_med.errors import UserError
 from simclr_med.evaluation import metrics
-from simclr_med.experiments import plan, results, summary
+from simclr_med.experiments import plan, results, summary, views
 from simclr_med.experiments.plan import Arm, Cell, ExperimentConfig, FinetuneSetting, Schedule
 from simclr_med.stages import evaluate, linear_eval
 from simclr_med.stages.finetune import BEST_STATE_FILE, finetune
@@ -147,6 +147,7 @@ class Experiment:
     skipped_fractions: dict[float, str]
     grid: tuple[FinetuneSetting, ...]
     seeds: tuple[int, ...]
+    shift: Optional[views.Shift]
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.config.output_dir, *parts)
@@ -187,7 +188,8 @@ def resolve(config: ExperimentConfig) -> Experiment:
                             "chooses on the validation split and reports on the test split")
     return Experiment(config, source, model_config(config), arms, skipped_arms, fractions,
                       skipped_fractions, plan.QUICK_GRID if config.quick else plan.GRID,
-                      tuple(range(config.seeds)))
+                      tuple(range(config.seeds)),
+                      views.parse_shift(config.shift) if config.shift else None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -271,7 +273,9 @@ class Runner:
         # Units: pretraining runs, the grid's runs, every seed's test cell, the linear probes.
         per_fraction = len(experiment.grid) + len(experiment.seeds)
         self.progress = Progress(len(experiment.runs) + len(experiment.linear_cells())
-                                 + len(experiment.arms) * len(experiment.fractions) * per_fraction)
+                                 + len(experiment.arms) * len(experiment.fractions) * per_fraction
+                                 + (len(experiment.arms) * len(experiment.seeds)
+                                    if experiment.shift else 0))
 
     def _unit(self, folder: str, what: str, work) -> None:
         """Runs `work()` unless `folder` is done; then marks it done."""
@@ -305,13 +309,16 @@ class Runner:
             return self.x.path("pretrain", arm.encoder_run)
         return self.x.config.init_checkpoint if arm.from_init_checkpoint else ""
 
-    def _finetune(self, cell: Cell) -> float:
-        """Fine-tunes the cell (unless it already did); returns its best validation value."""
-        folder = self.x.path(cell.folder)
+    def _finetune(self, cell: Cell, source: Optional[Source] = None,
+                  folder: str = "") -> float:
+        """Fine-tunes the cell on `source` (default: the build) in `folder` (default: the
+        cell's), unless it already did; returns its best validation value."""
+        source = source or self.x.source
+        folder = folder or self.x.path(cell.folder)
         record = os.path.join(folder, VALIDATION_FILE)
         if tf.io.gfile.exists(record):
             return read_json(record)["value"]
-        images = count_training_images(self.x.source, TRAIN_SPLIT, cell.label_fraction)
+        images = count_training_images(source, TRAIN_SPLIT, cell.label_fraction)
         steps = self.schedule.finetune_steps(images)
         every = self.schedule.checkpoint_steps(steps)
         arm = plan.parse_arm(cell.arm)
@@ -320,21 +327,25 @@ class Runner:
                             checkpoint_steps=every, init_checkpoint=self.init_of(arm),
                             seed=cell.seed)
         finetune(self.x.model, plan.finetune_optim(cell.setting), FINETUNE_AUGMENT,
-                 self.x.source, train,
+                 source, train,
                  FinetuneConfig(label_fraction=cell.label_fraction,
                                 fine_tune_after_block=cell.setting.fine_tune_after_block,
                                 validation_split=VALIDATION_SPLIT), self.strategy)
-        best = read_json(os.path.join(folder, "best", BEST_STATE_FILE))
+        best_file = os.path.join(folder, "best", BEST_STATE_FILE)
+        # No best checkpoint: no labelled validation image (fine-tuning warned), or none defined.
+        best = (read_json(best_file) if tf.io.gfile.exists(best_file)
+                else {"metric": metrics.main_metric(self.task), "value": float("nan"),
+                      "step": None})
         write_json(folder, VALIDATION_FILE, {"metric": best["metric"], "value": best["value"],
                                              "step": best["step"], "train_steps": steps})
         return best["value"]
 
-    def _evaluate(self, cell: Cell) -> dict:
-        folder = self.x.path(cell.folder)
-        result = evaluate.evaluate(folder, self.x.source, TEST_SPLIT,
-                                   EvalConfig(bootstrap_samples=self.x.config.bootstrap_samples,
-                                              plots=False))
-        return {"test": {k: v["value"] for k, v in result["metrics"].items()}}
+    def _evaluate(self, model_dir: str, source: Source, output_dir: str = "") -> dict:
+        """Test metrics of the model of `model_dir` on `source`; files into `output_dir`."""
+        result = evaluate.evaluate(model_dir, source, TEST_SPLIT, EvalConfig(
+            bootstrap_samples=self.x.config.bootstrap_samples, plots=False,
+            output_dir=output_dir))
+        return {k: v["value"] for k, v in result["metrics"].items()}
 
     def select(self, arm: Arm, fraction: float) -> FinetuneSetting:
         """The grid setting with the best validation value at seed 0 (recorded)."""
@@ -351,7 +362,9 @@ class Runner:
             began = time.perf_counter()
             values[setting.name] = self._finetune(cell)
             self.progress.done(f"fine-tuning {cell.folder} (grid)", time.perf_counter() - began)
-        chosen = max(self.x.grid, key=lambda s: (values[s.name], -self.x.grid.index(s)))
+        # The best validation value; ties and undefined values go to the earlier setting.
+        chosen = max(self.x.grid, key=lambda s: (
+            -math.inf if math.isnan(values[s.name]) else values[s.name], -self.x.grid.index(s)))
         write_json(folder, SELECTION_FILE, {"metric": metrics.main_metric(self.task),
                                             "split": VALIDATION_SPLIT, "values": values,
                                             "chosen": chosen.name})
@@ -366,9 +379,32 @@ class Runner:
 
                     def work(cell=cell):
                         self._finetune(cell)
-                        return self._evaluate(cell)
+                        return {"test": self._evaluate(self.x.path(cell.folder), self.x.source)}
 
                     self._unit(self.x.path(cell.folder), f"fine-tuning {cell.folder}", work)
+
+    def shift_all(self) -> None:
+        """Every arm and seed fine-tuned on the source view's build (its training images, the
+        validation images of that view to choose the checkpoint) with the arm's setting chosen at
+        the largest label fraction, then evaluated on the test images of both views."""
+        shift = self.x.shift
+        built = {view: open_build(views.view_build(
+            self.x.config.data_dir, self.x.path("views", f"{shift.attribute}={view}"),
+            shift.attribute, view)) for view in (shift.source, shift.target)}
+        fraction = max(self.x.fractions)
+        for arm in self.x.arms:
+            chosen = self.select(arm, fraction)
+            for seed in self.x.seeds:
+                cell = Cell("finetune", arm.name, 1.0, seed, chosen)
+                folder = self.x.path(shift_folder(arm.name, seed))
+
+                def work(cell=cell, folder=folder):
+                    self._finetune(cell, built[shift.source], folder)
+                    return {evaluation: self._evaluate(folder, built[view],
+                                                       os.path.join(folder, subfolder))
+                            for evaluation, view, subfolder in shift_evaluations(shift)}
+
+                self._unit(folder, f"shift {shift.name} {arm.name} seed {seed}", work)
 
     def linear_all(self) -> None:
         encoders: dict[str, tuple] = {}
@@ -401,6 +437,16 @@ class Runner:
         return {"test": {k: v["value"] for k, v in result["metrics"].items()}}
 
 
+def shift_folder(arm: str, seed: int) -> str:
+    return f"shift/{arm}/seed_{seed}"
+
+
+def shift_evaluations(shift: views.Shift) -> list[tuple[str, str, str]]:
+    """(evaluation name, view, subfolder of the shift cell) of both test evaluations."""
+    return [(f"{shift.attribute}={shift.source} (in distribution)", shift.source,
+             "in_distribution"), (f"shift {shift.name}", shift.target, "shifted")]
+
+
 # ------------------------------------------------------------------------------------------
 # The report
 
@@ -421,6 +467,13 @@ def scored_cells(experiment: Experiment) -> list[results.ScoredCell]:
                 found.append(results.ScoredCell(arm.name, "linear", fraction, 0, TEST_SPLIT,
                                                 "logistic regression, C=1",
                                                 Cell("linear", arm.name, fraction).folder))
+        if experiment.shift:
+            setting = read_json(experiment.path(plan.selection_folder(
+                arm.name, max(experiment.fractions)), SELECTION_FILE))["chosen"]
+            found += [results.ScoredCell(arm.name, "finetune", 1.0, seed, evaluation, setting,
+                                         os.path.join(shift_folder(arm.name, seed), subfolder))
+                      for seed in experiment.seeds
+                      for evaluation, _, subfolder in shift_evaluations(experiment.shift)]
     return found
 
 
@@ -457,6 +510,15 @@ def _header(x: Experiment, chosen: Schedule, labels: Optional[Sequence[str]]) ->
         "deterministic, so one seed.",
         f"- Test metrics: on the patient-disjoint test split, 95% intervals from "
         f"{x.config.bootstrap_samples} bootstrap resamples of the test patients."]
+    if x.shift:
+        lines.append(
+            f"- Distribution shift `{x.shift.name}`: every arm and seed is fine-tuned (fraction 1 "
+            f"of the patients, the arm's setting chosen at fraction {max(x.fractions):g}) on the "
+            f"training images whose view has {x.shift.attribute}={x.shift.source} (their "
+            "validation images choose the checkpoint), then evaluated with no further training "
+            f"on the test images of {x.shift.attribute}={x.shift.source} (in distribution) and "
+            f"of {x.shift.attribute}={x.shift.target} (shifted): `views/` holds the builds of "
+            "each view, `shift.png` the figures side by side.")
     if labels is not None:
         lines.append(f"- Multi-label: mean AUC over the labels with at least "
                      f"{x.config.min_test_positives} positive test images: "
@@ -485,10 +547,15 @@ def report(x: Experiment, chosen: Schedule) -> dict:
     paths = {"results": os.path.join(out, results.RESULTS_FILE),
              "paired_differences": os.path.join(out, results.PAIRED_FILE),
              "label_efficiency": summary.write_label_efficiency(out, rows, headline)}
+    evaluations = [TEST_SPLIT]
+    if x.shift:
+        names = [evaluation for evaluation, _, _ in shift_evaluations(x.shift)]
+        evaluations += names
+        paths["shift"] = summary.write_shift(out, rows, headline, names)
     paths["summary"] = summary.write_summary(
         out, header=_header(x, chosen, labels if x.source.info.task == schema.MULTILABEL
                             else None),
-        rows=rows, paired=paired, metrics=headline, evaluations=[TEST_SPLIT])
+        rows=rows, paired=paired, metrics=headline, evaluations=evaluations)
     return paths
 
 
@@ -504,4 +571,6 @@ def run_experiment(config: ExperimentConfig, strategy: tf.distribute.Strategy) -
     runner.pretrain_all()
     runner.finetune_all()
     runner.linear_all()
+    if experiment.shift:
+        runner.shift_all()
     return report(experiment, chosen)

@@ -1,4 +1,4 @@
-"""`summary.md` (what ran, how, and the figures) and `label_efficiency.png`.
+"""`summary.md` (what ran, how, and the figures), `label_efficiency.png` and `shift.png`.
 
 The plot shows each headline metric against the label fraction (log axis), one line per arm and
 protocol: the mean over seeds, with error bars from the mean of the seeds' 95% patient-bootstrap
@@ -19,6 +19,7 @@ from simclr_med.evaluation import plots
 
 LABEL_EFFICIENCY_FILE = "label_efficiency.png"
 SUMMARY_FILE = "summary.md"
+SHIFT_FILE = "shift.png"
 
 
 def mean_over_seeds(rows: Sequence[dict]) -> dict[tuple, tuple[float, float, float, int]]:
@@ -62,6 +63,40 @@ def label_efficiency_figure(rows: Sequence[dict], metrics: Sequence[str],
 def write_label_efficiency(output_dir: str, rows: Sequence[dict], metrics: Sequence[str]) -> str:
     path = os.path.join(output_dir, LABEL_EFFICIENCY_FILE)
     plots.save_png(label_efficiency_figure(rows, metrics), path)
+    return path
+
+
+def shift_figure(rows: Sequence[dict], metrics: Sequence[str],
+                 evaluations: Sequence[str]) -> Figure:
+    """Per metric, a bar per arm and evaluation (in distribution, shifted): mean over seeds,
+    error bars from the mean 95% interval bounds."""
+    means = mean_over_seeds(rows)
+    figure = Figure(figsize=(5.5 * len(metrics), 4.2))
+    arms = sorted({k[0] for k in means if k[2] in evaluations})
+    width = 0.8 / len(evaluations)
+    for i, metric in enumerate(metrics):
+        ax = figure.add_subplot(1, len(metrics), i + 1)
+        for j, evaluation in enumerate(evaluations):
+            found = [next((v for k, v in means.items() if k[:4] == (arm, "finetune", evaluation,
+                                                                   metric)), None)
+                     for arm in arms]
+            y = np.array([v[0] if v else np.nan for v in found])
+            low = np.array([v[1] if v else np.nan for v in found])
+            high = np.array([v[2] if v else np.nan for v in found])
+            ax.bar(np.arange(len(arms)) + j * width, y, width, label=evaluation,
+                   yerr=[np.maximum(y - low, 0), np.maximum(high - y, 0)], capsize=3)
+        ax.set_xticks(np.arange(len(arms)) + width * (len(evaluations) - 1) / 2, arms)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: distribution shift")
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def write_shift(output_dir: str, rows: Sequence[dict], metrics: Sequence[str],
+                evaluations: Sequence[str]) -> str:
+    path = os.path.join(output_dir, SHIFT_FILE)
+    plots.save_png(shift_figure(rows, metrics, evaluations), path)
     return path
 
 
