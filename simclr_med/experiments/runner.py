@@ -157,11 +157,14 @@ class Experiment:
         return plan.pretrain_runs(self.arms)
 
     def finetune_images(self) -> list[int]:
-        """Training images of every fine-tuning run (grid at seed 0, then the other seeds)."""
+        """Training images of every fine-tuning run (grid at seed 0, then the other seeds, then
+        the shift's runs, counted as if on every training image)."""
         per_fraction = {f: count_training_images(self.source, TRAIN_SPLIT, f)
-                        for f in self.fractions}
+                        for f in {*self.fractions, 1.0}}
         runs = len(self.grid) + len(self.seeds) - 1
-        return [per_fraction[f] for _ in self.arms for f in self.fractions for _ in range(runs)]
+        shift = [per_fraction[1.0]] * (len(self.arms) * len(self.seeds) if self.shift else 0)
+        return [per_fraction[f] for _ in self.arms for f in self.fractions
+                for _ in range(runs)] + shift
 
     def linear_cells(self) -> list[Cell]:
         return [Cell("linear", arm.name, f) for arm in self.arms if arm.pretrained

@@ -51,6 +51,9 @@ def label_efficiency_figure(rows: Sequence[dict], metrics: Sequence[str],
                         marker="o", capsize=3, linestyle="-" if protocol == "finetune" else "--",
                         label=f"{arm} ({protocol})")
         ax.set_xscale("log")
+        fractions = sorted({k[4] for k in means if k[3] == metric and k[2] == evaluation})
+        ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+        ax.minorticks_off()
         ax.set_xlabel("label fraction (of training patients)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} on the {evaluation} split")
