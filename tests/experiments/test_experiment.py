@@ -22,6 +22,7 @@ from simclr_med.errors import UserError
 from simclr_med.evaluation import metrics
 from simclr_med.experiments import paired, plan, results, runner, views
 from simclr_med.experiments.plan import ExperimentConfig
+from simclr_med.stages import evaluate
 
 SHIFT = "view_position:PA->AP"
 
@@ -197,3 +198,49 @@ def test_views_of_a_view_string():
     assert views.view_value("", "view_position") == ""
     with pytest.raises(UserError, match="expected <view attribute>"):
         views.parse_shift("view_position:PA")
+
+
+@pytest.fixture(scope="module")
+def multilabel_build(tmp_path_factory) -> pathlib.Path:
+    """The synthetic cases as a multi-label build: 0/1 columns `round` (disc, ring) and
+    `straight` (bar, cross)."""
+    raw = tmp_path_factory.mktemp("raw_multilabel")
+    manifest = pathlib.Path(synthetic.write_image_folder(str(raw), num_cases=80))
+    with open(manifest) as f:
+        rows = list(csv.DictReader(f))
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "round", "straight"])
+        writer.writeheader()
+        writer.writerows({**row, "round": int(row["label"] in ("disc", "ring")),
+                          "straight": int(row["label"] in ("bar", "cross"))} for row in rows)
+    output = raw.parent / "build_multilabel"
+    build_dataset(BuildConfig(
+        format="generic", manifests=(str(manifest),), image_root=str(raw), output_dir=str(output),
+        image_id_column="image_id", case_column="case_id", label_columns=("round", "straight"),
+        num_workers=1, progress=False))
+    return output
+
+
+def test_multilabel_fractions_need_both_outcomes_of_every_label(multilabel_build, tmp_path):
+    experiment = runner.resolve(ExperimentConfig(
+        data_dir=str(multilabel_build), output_dir=str(tmp_path), label_fractions=(0.01, 1.0)))
+    assert experiment.fractions == [1.0]
+    assert "lacks a positive or a negative training image of label(s)" in (
+        experiment.skipped_fractions[0.01])
+
+
+def test_multilabel_predictions_read_back_and_keep_the_labels_with_enough_positives(tmp_path):
+    labels = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], float)
+    mask = np.array([[1, 1], [1, 0], [1, 1], [1, 1]], float)
+    targets = metrics.Targets("multilabel", ("a", "b"), labels=labels, label_mask=mask)
+    probs = np.array([[0.9, 0.2], [0.8, 0.5], [0.3, 0.6], [0.7, 0.1]])
+    path = str(tmp_path / results.PREDICTIONS_FILE)
+    evaluate.write_predictions(path, np.array(["i0", "i1", "i2", "i3"]),
+                               np.array(["p0", "p0", "p1", "p2"]), targets, probs)
+    back = results.read_predictions(path, "multilabel")
+    np.testing.assert_array_equal(back.targets.label_mask, mask)
+    np.testing.assert_array_equal(back.targets.labels * mask, labels * mask)
+    np.testing.assert_array_equal(back.probs, probs)
+    assert results.scored_labels(back, min_positives=2) == ("a",)
+    only_a = results.restricted(back, ("a",))
+    assert only_a.targets.names == ("a",) and only_a.probs.shape == (4, 1)
