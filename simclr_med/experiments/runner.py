@@ -489,7 +489,7 @@ def _header(x: Experiment, chosen: Schedule, labels: Optional[Sequence[str]]) ->
              f"{x.model.image_size} px.",
              f"Arms: {', '.join(a.name for a in x.arms)}."]
     lines += [f"- arm `{name}` skipped: {why}" for name, why in x.skipped_arms.items()]
-    lines.append(f"Label fractions: {', '.join(f'{f:g}' for f in x.fractions)} of the training "
+    lines.append(f"Label fractions: {', '.join(f'{f:.0%}' for f in x.fractions)} of the training "
                  f"patients (data_prep's nested subsets); seeds of fine-tuning: {len(x.seeds)}.")
     lines += [f"- label fraction {f:g} skipped: {why}" for f, why in x.skipped_fractions.items()]
     grid = ", ".join(f"(lr {s.learning_rate:g}, fine_tune_after_block "
