@@ -56,6 +56,9 @@ CASES = {
                            "no serving SavedModel"),
     "simclr_med.make_synthetic": (lambda d: ["-m", "simclr_med.make_synthetic"],
                                   "--output_dir must have a value"),
+    "simclr_med.experiment": (lambda d: ["-m", "simclr_med.experiment", f"--data_dir={d}",
+                                         f"--output_dir={d / 'out'}", "--quick"],
+                              "dataset_info.json not found"),
     "augment_throughput.py": (lambda d: ["bench/augment_throughput.py", "extra"],
                               "unexpected arguments: extra"),
 }

@@ -21,10 +21,12 @@ LAYERS = {
     "simclr_med.checkpoints": 3, "simclr_med.evaluation": 3,
     "simclr_med.training": 4,
     "simclr_med.stages": 5,
+    "simclr_med.experiments": 6,
 }
 # The builders see of the library only the record schema, the shard checks and the errors.
 DATA_PREP_MAY_IMPORT = ("simclr_med.data.schema", "simclr_med.data.integrity", "simclr_med.errors")
-SHIMS = ("simclr_med.predict", "simclr_med.convert_checkpoint", "simclr_med.make_synthetic")
+SHIMS = ("simclr_med.predict", "simclr_med.convert_checkpoint", "simclr_med.make_synthetic",
+         "simclr_med.experiment")
 
 
 def _modules(*packages: str) -> dict[str, pathlib.Path]:

@@ -27,12 +27,12 @@ def write_all(directory: str, split: str, targets: Targets, probs: np.ndarray,
               title: str) -> list[str]:
     """Writes the plots of one evaluation; returns their paths."""
     paths = [os.path.join(directory, f"roc_{split}.png")]
-    _save(roc_figure(targets, probs, title), paths[0])
+    save_png(roc_figure(targets, probs, title), paths[0])
     if targets.task == schema.MULTICLASS:
         paths.append(os.path.join(directory, f"confusion_matrix_{split}.png"))
-        _save(confusion_figure(targets, probs, title), paths[1])
+        save_png(confusion_figure(targets, probs, title), paths[1])
     paths.append(os.path.join(directory, f"reliability_{split}.png"))
-    _save(reliability_figure(targets, probs, title), paths[-1])
+    save_png(reliability_figure(targets, probs, title), paths[-1])
     return paths
 
 
@@ -41,11 +41,11 @@ def write_calibrated(directory: str, split: str, targets: Targets, probs: np.nda
     """Writes `reliability_<split>_calibrated.png`, the reliability diagram of temperature-scaled
     probabilities; returns its path."""
     path = os.path.join(directory, f"reliability_{split}_calibrated.png")
-    _save(reliability_figure(targets, probs, f"{title}\nafter temperature scaling"), path)
+    save_png(reliability_figure(targets, probs, f"{title}\nafter temperature scaling"), path)
     return path
 
 
-def _save(figure: Figure, path: str) -> None:
+def save_png(figure: Figure, path: str) -> None:
     with tf.io.gfile.GFile(path, "wb") as f:
         figure.savefig(f, format="png", dpi=120, bbox_inches="tight")
 

@@ -123,4 +123,4 @@ def write_saliency_png(path: str, image, heatmap, title: str,
         axes.set_title(name, fontsize=8)
         axes.set_axis_off()
     figure.suptitle(title, fontsize=9)
-    plots._save(figure, path)
+    plots.save_png(figure, path)

@@ -14,6 +14,7 @@ its scores for the training loop to log to TensorBoard.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -118,12 +119,20 @@ def require_labels(source: Source, split: str, purpose: str) -> None:
                         f"{source.data_dir or source.tfds_name})")
 
 
-@names_damaged_shards
-def linear_eval(model: SimCLRModel, source: Source, config: LinearEvalConfig,
-                eval_config: evaluate.EvalConfig, model_dir: str, *, checkpoint: str,
-                global_step: int) -> dict:
-    """Probe and k-NN on frozen features; writes `linear_eval_<split>.json` (into
-    `eval_config.output_dir`, default `model_dir`) and returns it."""
+@dataclasses.dataclass
+class Probes:
+    """What the probes predict for the images of the evaluation split."""
+
+    test: evaluate.ImageOutputs  # features and ground truth, in reading order
+    targets: metrics.Targets
+    linear: np.ndarray  # [N, C] probabilities of the logistic regression
+    knn: np.ndarray  # [N, C] k-NN votes
+    num_train_images: int
+
+
+def fit_probes(model: SimCLRModel, source: Source, config: LinearEvalConfig) -> Probes:
+    """Fits both probes on the frozen features of `config.train_split` (its label fraction) and
+    predicts `config.eval_split`."""
     for split in (config.train_split, config.eval_split):
         require_labels(source, split, "linear evaluation")
     predictor = evaluate.Predictor(model, (config.endpoint,))
@@ -131,18 +140,30 @@ def linear_eval(model: SimCLRModel, source: Source, config: LinearEvalConfig,
     train = features(predictor, source, config.train_split, size, crop, config,
                      config.label_fraction)
     test = features(predictor, source, config.eval_split, size, crop, config)
-    targets = _targets(test, source.info)
-    linear = logistic_probe(train, test, source.info, config.endpoint, config.regularization)
-    knn = knn_probabilities(train, test, source.info, config.endpoint, config.knn_k)
+    return Probes(test, _targets(test, source.info),
+                  logistic_probe(train, test, source.info, config.endpoint, config.regularization),
+                  knn_probabilities(train, test, source.info, config.endpoint, config.knn_k),
+                  int(train.num_images))
+
+
+@names_damaged_shards
+def linear_eval(model: SimCLRModel, source: Source, config: LinearEvalConfig,
+                eval_config: evaluate.EvalConfig, model_dir: str, *, checkpoint: str,
+                global_step: int) -> dict:
+    """Probe and k-NN on frozen features; writes `linear_eval_<split>.json` (into
+    `eval_config.output_dir`, default `model_dir`) and returns it."""
+    probes = fit_probes(model, source, config)
     common = dict(split=config.eval_split, data_dir=source.data_dir or f"tfds:{source.tfds_name}",
                   global_step=global_step, checkpoint=checkpoint)
-    result = evaluate.report(targets, linear, test.patient_id, eval_config, **common)
-    knn_result = evaluate.report(targets, knn, test.patient_id, eval_config, **common)
+    result = evaluate.report(probes.targets, probes.linear, probes.test.patient_id, eval_config,
+                             **common)
+    knn_result = evaluate.report(probes.targets, probes.knn, probes.test.patient_id, eval_config,
+                                 **common)
     result["metrics"].update({f"knn/{k}": v for k, v in knn_result["metrics"].items()})
     result.update({"endpoint": config.endpoint, "knn_k": config.knn_k,
                    "regularization": config.regularization, "train_split": config.train_split,
                    "label_fraction": config.label_fraction,
-                   "num_train_images": int(train.num_images)})
+                   "num_train_images": probes.num_train_images})
     write_json(eval_config.output_dir or model_dir, f"linear_eval_{config.eval_split}.json",
                result)
     return result
