@@ -244,3 +244,31 @@ def test_multilabel_predictions_read_back_and_keep_the_labels_with_enough_positi
     assert results.scored_labels(back, min_positives=2) == ("a",)
     only_a = results.restricted(back, ("a",))
     assert only_a.targets.names == ("a",) and only_a.probs.shape == (4, 1)
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_real_nih_build_with_the_pa_to_ap_shift(nih_build, tmp_path):
+    """--quick on real chest X-rays (multi-label, masked labels, follow-up cases) with NIH's
+    PA -> AP shift: mean AUC rows for every arm and protocol on the test split and on both views,
+    every value an AUC, the labels scored named in summary.md, and the shifted rows counting only
+    AP test images."""
+    config = ExperimentConfig(data_dir=str(nih_build), output_dir=str(tmp_path), quick=True,
+                              shift=SHIFT, **plan.QUICK_DEFAULTS)
+    paths = runner.run_experiment(config, tf.distribute.get_strategy())
+    rows = [r for r in results.read_csv(paths["results"]) if r["metric"] == "mean_auc"]
+    assert {(r["arm"], r["protocol"], r["evaluation"]) for r in rows} >= {
+        (arm, "finetune", evaluation) for arm in ("scratch", "simclr", "micle")
+        for evaluation in ("test", "view_position=PA (in distribution)", f"shift {SHIFT}")}
+    assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
+    ap_test = _views(nih_build, "test").count("view_position=AP")
+    assert {int(r["num_images"]) for r in rows if r["evaluation"] == f"shift {SHIFT}"} == {ap_test}
+    with open(paths["summary"]) as f:
+        summary = f.read()
+    assert "Effusion" in summary or "Infiltration" in summary  # the labels scored are listed
+
+
+def _views(build: pathlib.Path, split: str) -> list[str]:
+    """The view string of every image of a split of a build."""
+    records = tf.data.TFRecordDataset(schema.shard_paths(str(build), split))
+    return [view.decode() for record in records.as_numpy_iterator()
+            for view in schema.parse_case(record)["view"].numpy()]
