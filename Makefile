@@ -36,9 +36,10 @@ VERSIONS := 'import importlib.metadata as m, platform; \
   print("Python", platform.python_version() + ":", ", ".join(f"{n} {v[n]}" for n in names if n in v))'
 
 # Two test processes: much of the suite is single-threaded tracing and subprocess start-up, so
-# two processes finish in about 9 minutes on 2 cores where one takes 12 (`PYTEST_WORKERS=0`: one).
+# two processes finish sooner than one (`PYTEST_WORKERS=0`: one); `worksteal` hands a worker that
+# runs out of tests some of the other's, so the long tests do not leave one idle at the end.
 PYTEST_WORKERS ?= 2
-PYTEST := -m pytest -q --timeout=900 -n $(PYTEST_WORKERS)
+PYTEST := -m pytest -q --timeout=900 -n $(PYTEST_WORKERS) --dist worksteal
 test: $(STAMP)
 	@$(PY) -c $(VERSIONS)
 	$(PY) $(PYTEST)
