@@ -71,9 +71,8 @@ def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 def with_interval(values: np.ndarray, weights: np.ndarray) -> dict:
     """The mean of per-image `values` and its 95% interval over the weightings [B, N]."""
-    resampled = weights @ values / weights.sum(axis=1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return {"value": float(values.mean()), "ci95": [float(low), float(high)]}
+    interval, _ = metrics.percentile_interval(weights @ values / weights.sum(axis=1))
+    return {"value": float(values.mean()), "ci95": interval}
 
 
 def score(classifier: ServedClassifier, dataset: tf.data.Dataset,

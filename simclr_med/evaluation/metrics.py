@@ -232,6 +232,16 @@ def _mean_rows(values: dict[str, np.ndarray]) -> np.ndarray:
         return np.where(defined, stacked, 0).sum(axis=1) / defined.sum(axis=1)
 
 
+def percentile_interval(draws: np.ndarray) -> tuple[list[float], int]:
+    """(the CI_LEVEL percentile interval of the defined (not NaN) bootstrap draws, how many were
+    defined); [nan, nan] when none is."""
+    defined = draws[~np.isnan(draws)]
+    tail = 100 * (1 - CI_LEVEL) / 2
+    interval = (np.percentile(defined, [tail, 100 - tail]).tolist() if len(defined)
+                else [float("nan")] * 2)
+    return interval, int(len(defined))
+
+
 def with_intervals(targets: Targets, probabilities: np.ndarray, patient_ids: np.ndarray,
                    samples: int, seed: int = 0, chunk: int = 100,
                    bins: int = calibration.BINS) -> dict[str, dict]:
@@ -248,14 +258,11 @@ def with_intervals(targets: Targets, probabilities: np.ndarray, patient_ids: np.
         values = resampled(targets, probabilities, weights, bins)
         for name in point:
             draws[name].append(values[name])
-    tail = 100 * (1 - CI_LEVEL) / 2
     result = {}
     for name, value in point.items():
-        values = np.concatenate(draws[name]) if draws[name] else np.array([])
-        values = values[~np.isnan(values)]
-        interval = (np.percentile(values, [tail, 100 - tail]).tolist() if len(values)
-                    else [float("nan")] * 2)
-        result[name] = {"value": value, "ci95": interval, "bootstrap_defined": int(len(values))}
+        interval, defined = percentile_interval(
+            np.concatenate(draws[name]) if draws[name] else np.array([]))
+        result[name] = {"value": value, "ci95": interval, "bootstrap_defined": defined}
     return result
 
 

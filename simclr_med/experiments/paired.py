@@ -65,8 +65,5 @@ def paired_difference(a: Sequence[Predictions], b: Sequence[Predictions], metric
     resampled = np.mean([metrics.resampled(x.targets, x.probs, weights)[metric]
                          - metrics.resampled(y.targets, y.probs, weights)[metric]
                          for x, y in zip(a, b)], axis=0)
-    defined = resampled[~np.isnan(resampled)]
-    tail = 100 * (1 - metrics.CI_LEVEL) / 2
-    low, high = (np.percentile(defined, [tail, 100 - tail]).tolist() if len(defined)
-                 else [float("nan")] * 2)
-    return Difference(value, (low, high), len(a), int(len(defined)))
+    (low, high), defined = metrics.percentile_interval(resampled)
+    return Difference(value, (low, high), len(a), defined)
