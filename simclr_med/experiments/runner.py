@@ -86,10 +86,10 @@ def has_multi_image_cases(info: schema.DatasetInfo) -> bool:
     return counts.get("images", 0) > counts.get("cases", 0)
 
 
-def outcome_counts(source: Source, fraction: float) -> np.ndarray:
-    """Training images of the label fraction per class ([1, C]), or per label its positive and
+def outcome_counts(source: Source, fraction: float, split: str = TRAIN_SPLIT) -> np.ndarray:
+    """Images of the label fraction of `split` per class ([1, C]), or per label its positive and
     negative entries ([2, L])."""
-    images = read_images(source, TRAIN_SPLIT, label_fraction=fraction).filter(is_labelled)
+    images = read_images(source, split, label_fraction=fraction).filter(is_labelled)
     names = source.info.names
     if source.info.task == schema.MULTICLASS:
         counts = np.zeros(len(names))
@@ -103,17 +103,33 @@ def outcome_counts(source: Source, fraction: float) -> np.ndarray:
     return counts
 
 
-def fraction_shortfall(source: Source, fraction: float, whole: np.ndarray) -> str:
+def scored_label_names(source: Source, min_test_positives: int) -> tuple[str, ...]:
+    """Multi-label: the labels the mean AUC is taken over, those with at least
+    `min_test_positives` positive test images (`results.scored_labels`, from the build's counts)."""
+    positives = outcome_counts(source, 1.0, TEST_SPLIT)[0]
+    names = tuple(n for n, count in zip(source.info.names, positives)
+                  if count >= min_test_positives)
+    if not names:
+        raise UserError(f"no label has {min_test_positives} positive test images: lower "
+                        "--min_test_positives")
+    return names
+
+
+def fraction_shortfall(source: Source, fraction: float, whole: np.ndarray,
+                       scored: Sequence[str] = ()) -> str:
     """Why a label fraction cannot be fine-tuned on ("" if it can). Multi-class: a class with no
-    training image in it; multi-label: a label with a positive and a negative in the whole
-    training split (`whole`: its `outcome_counts`) but not both in the fraction."""
+    training image in it; multi-label: a scored label (`scored`) with a positive and a negative
+    in the whole training split (`whole`: its `outcome_counts`) but not both in the fraction. A
+    label left out of the mean AUC does not count: that rare labels (NIH's Hernia) lack a
+    positive in a small fraction would otherwise skip every fraction but 100%."""
     found = outcome_counts(source, fraction) > 0
+    multiclass = source.info.task == schema.MULTICLASS
     missing = [n for j, n in enumerate(source.info.names)
-               if ((whole[:, j] > 0) & ~found[:, j]).any()]
+               if ((whole[:, j] > 0) & ~found[:, j]).any() and (multiclass or n in scored)]
     if not missing:
         return ""
-    what = ("has no training image of class(es)" if source.info.task == schema.MULTICLASS
-            else "lacks a positive or a negative training image of label(s)")
+    what = ("has no training image of class(es)" if multiclass
+            else "lacks a positive or a negative training image of scored label(s)")
     return f"label fraction {fraction:g} {what} {', '.join(missing)}"
 
 
@@ -177,8 +193,10 @@ def resolve(config: ExperimentConfig) -> Experiment:
                                           has_multi_image_cases(source.info))
     fractions, skipped_fractions = [], {}
     whole = outcome_counts(source, 1.0)
+    scored = (scored_label_names(source, config.min_test_positives)
+              if source.info.task == schema.MULTILABEL else ())
     for fraction in dict.fromkeys(config.label_fractions):
-        reason = fraction_shortfall(source, fraction, whole) if fraction < 1.0 else ""
+        reason = fraction_shortfall(source, fraction, whole, scored) if fraction < 1.0 else ""
         if reason:
             skipped_fractions[fraction] = reason
         else:
@@ -537,9 +555,6 @@ def report(x: Experiment, chosen: Schedule) -> dict:
         first = results.read_predictions(
             x.path(cells[0].folder, results.PREDICTIONS_FILE), x.source.info.task)
         labels = list(results.scored_labels(first, x.config.min_test_positives))
-        if not labels:
-            raise UserError(f"no label has {x.config.min_test_positives} positive test images: "
-                            "lower --min_test_positives")
     samples = x.config.bootstrap_samples
     rows = results.result_rows(x.config.output_dir, cells, x.source.info.task, labels, samples)
     paired = results.paired_rows(x.config.output_dir, cells, x.source.info.task, labels, samples)

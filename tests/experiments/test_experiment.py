@@ -202,31 +202,46 @@ def test_views_of_a_view_string():
 
 @pytest.fixture(scope="module")
 def multilabel_build(tmp_path_factory) -> pathlib.Path:
-    """The synthetic cases as a multi-label build: 0/1 columns `round` (disc, ring) and
-    `straight` (bar, cross)."""
+    """The synthetic cases as a multi-label build: 0/1 columns `round` (disc, ring), `straight`
+    (bar, cross) and `rare` (the first image of every ninth case: 8 training and 1 test
+    positives, so left out of the mean AUC at the default `min_test_positives`)."""
     raw = tmp_path_factory.mktemp("raw_multilabel")
     manifest = pathlib.Path(synthetic.write_image_folder(str(raw), num_cases=80))
     with open(manifest) as f:
         rows = list(csv.DictReader(f))
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], "round", "straight"])
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "round", "straight", "rare"])
         writer.writeheader()
         writer.writerows({**row, "round": int(row["label"] in ("disc", "ring")),
-                          "straight": int(row["label"] in ("bar", "cross"))} for row in rows)
+                          "straight": int(row["label"] in ("bar", "cross")),
+                          "rare": int(row["image_id"].endswith("_0")
+                                      and int(row["case_id"][-2:]) % 9 == 0)} for row in rows)
     output = raw.parent / "build_multilabel"
     build_dataset(BuildConfig(
         format="generic", manifests=(str(manifest),), image_root=str(raw), output_dir=str(output),
-        image_id_column="image_id", case_column="case_id", label_columns=("round", "straight"),
-        num_workers=1, progress=False))
+        image_id_column="image_id", case_column="case_id",
+        label_columns=("round", "straight", "rare"), num_workers=1, progress=False))
     return output
 
 
-def test_multilabel_fractions_need_both_outcomes_of_every_label(multilabel_build, tmp_path):
+def test_multilabel_fractions_need_both_outcomes_of_every_scored_label(multilabel_build,
+                                                                        tmp_path):
+    """Fraction 0.03 lacks a positive of `round` and `rare` and a negative of `straight`; `rare`
+    is not scored, so only the other two are named; 0.1 holds both outcomes of the scored labels
+    and runs, though `rare`'s one positive there is beside the point."""
     experiment = runner.resolve(ExperimentConfig(
-        data_dir=str(multilabel_build), output_dir=str(tmp_path), label_fractions=(0.01, 1.0)))
-    assert experiment.fractions == [1.0]
-    assert "lacks a positive or a negative training image of label(s)" in (
-        experiment.skipped_fractions[0.01])
+        data_dir=str(multilabel_build), output_dir=str(tmp_path),
+        label_fractions=(0.01, 0.03, 0.1, 1.0)))
+    assert experiment.fractions == [0.1, 1.0]
+    reason = experiment.skipped_fractions[0.03]
+    assert reason.endswith("lacks a positive or a negative training image of scored label(s) "
+                           "round, straight"), reason
+
+
+def test_multilabel_without_a_scored_label_fails_before_training(multilabel_build, tmp_path):
+    with pytest.raises(UserError, match="no label has 1000 positive test images"):
+        runner.resolve(ExperimentConfig(data_dir=str(multilabel_build), output_dir=str(tmp_path),
+                                        min_test_positives=1000))
 
 
 def test_multilabel_predictions_read_back_and_keep_the_labels_with_enough_positives(tmp_path):
