@@ -40,7 +40,7 @@ if __name__ == "__main__":  # hide TensorFlow's start-up notices, before the imp
 from absl import flags, logging
 
 from data_prep import synthetic
-from flags import embed_flags, export_flags, finetune_flags, run_flags
+from flags import embed_flags, export_flags, finetune_flags, run_flags, strategy_flags
 from simclr_med.config import DataConfig
 from simclr_med.data import reader
 from simclr_med.errors import UserError
@@ -85,7 +85,7 @@ def open_source(data: DataConfig, mode: str) -> reader.Source:
 def flag_values() -> dict:
     """Every flag of run.py with its value, for the folder's flag records."""
     return {flag.name: flag.value
-            for module in (run_flags, finetune_flags, export_flags, embed_flags)
+            for module in (run_flags, strategy_flags, finetune_flags, export_flags, embed_flags)
             for flag in FLAGS.get_flags_for_module(module.__name__)}
 
 
@@ -126,7 +126,7 @@ def main() -> None:
     if FLAGS.mode == "export":  # needs neither data nor a distribution strategy
         export_model()
         return
-    distribution = strategy.build_strategy(run_flags.strategy_config())
+    distribution = strategy.build_strategy(strategy_flags.strategy_config())
     source = open_source(run_flags.data_config(), FLAGS.mode)
     train = run_flags.train_config()
     if FLAGS.mode in ("eval", "linear_eval"):  # training modes record theirs once they train

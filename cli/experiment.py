@@ -10,15 +10,16 @@ if __name__ == "__main__":  # the command: hide TensorFlow's start-up notices be
 
     entry_point.import_tensorflow_quietly()
 
-import tensorflow as tf
 from absl import flags, logging
 
-from flags import entry_point, experiment_flags
+from flags import entry_point, experiment_flags, strategy_flags
 from simclr_med.experiments.runner import run_experiment
+from simclr_med.training.strategy import build_strategy
 
 
 def main() -> None:
-    paths = run_experiment(experiment_flags.experiment_config(), tf.distribute.get_strategy())
+    paths = run_experiment(experiment_flags.experiment_config(),
+                           build_strategy(strategy_flags.strategy_config()))
     print("the comparison is done:\n" + "\n".join(f"  {name}: {path}"
                                                   for name, path in paths.items()))
 
@@ -26,4 +27,5 @@ def main() -> None:
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
     flags.adopt_module_key_flags(experiment_flags)
+    flags.adopt_module_key_flags(strategy_flags)
     entry_point.run(main)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from absl import flags
 
 from flags.entry_point import ConfigFlags, from_flags
+from flags import strategy_flags  # noqa: F401  (defines the scale flags: run.py reads them)
 from simclr_med.config import (AUGMENT_PRESETS, LEARNING_RATE_SCALINGS, OPTIMIZERS,
-                               PRECISIONS, PROJ_HEAD_MODES, ROTATION_FILL_MODES, STRATEGIES,
-                               AugmentConfig, DataConfig, ModelConfig, OptimConfig,
-                               PretrainConfig, StrategyConfig, TrainConfig, augment_preset)
+                               PROJ_HEAD_MODES, ROTATION_FILL_MODES, AugmentConfig, DataConfig,
+                               ModelConfig, OptimConfig, PretrainConfig, TrainConfig,
+                               augment_preset)
 
 FLAGS = flags.FLAGS
 
@@ -25,7 +26,6 @@ DEFAULT_AUGMENTATION = "simclr"
 MODEL = ConfigFlags(ModelConfig)
 OPTIM = ConfigFlags(OptimConfig)
 AUGMENT = ConfigFlags(AugmentConfig, preset_defaults=True)
-STRATEGY = ConfigFlags(StrategyConfig)
 DATA = ConfigFlags(DataConfig)
 TRAIN = ConfigFlags(TrainConfig)
 PRETRAIN = ConfigFlags(PretrainConfig)
@@ -136,13 +136,6 @@ flags.DEFINE_integer("seed", TrainConfig.seed,
 flags.DEFINE_boolean("deterministic", TrainConfig.deterministic,
                      "Deterministic TF ops (bit-reproducible, slower).")
 
-# Scale.
-flags.DEFINE_enum("strategy", StrategyConfig.strategy, list(STRATEGIES), "Distribution strategy.")
-flags.DEFINE_string("tpu", StrategyConfig.tpu, "TPU address or name for --strategy=tpu.")
-flags.DEFINE_integer("num_cpu_devices", StrategyConfig.num_cpu_devices, "mirrored: replicate "
-                     "over N logical CPU devices (even where there are GPUs).")
-flags.DEFINE_enum("precision", StrategyConfig.precision, list(PRECISIONS),
-                  "Computation precision.")
 
 
 def model_config() -> ModelConfig:
@@ -157,10 +150,6 @@ def augment_config(preset: str = "") -> AugmentConfig:
     """The `preset` (default: --augmentation) with the augmentation flags that are set."""
     overrides = {k: v for k, v in AUGMENT.values().items() if v is not None}
     return from_flags(augment_preset, preset or FLAGS.augmentation, **overrides)
-
-
-def strategy_config() -> StrategyConfig:
-    return STRATEGY.build()
 
 
 def data_config() -> DataConfig:

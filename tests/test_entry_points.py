@@ -61,6 +61,8 @@ CASES = {
                               "dataset_info.json not found"),
     "augment_throughput.py": (lambda d: ["bench/augment_throughput.py", "extra"],
                               "unexpected arguments: extra"),
+    "pretrain_step.py": (lambda d: ["bench/pretrain_step.py", "--setting=depth=18,colour=1"],
+                         "expected key=value with a key among depth, width"),
 }
 
 

@@ -206,6 +206,8 @@ class Schedule:
     finetune_epochs: float
     finetune_batch: int
     explanation: str
+    # The plan's seconds per unit of each kind (`UNIT_KINDS`), for the ETA before one has run.
+    unit_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def finetune_steps(self, images: int) -> int:
         return max(1, math.ceil(self.finetune_epochs * images / self.finetune_batch))
@@ -223,6 +225,9 @@ class Throughput:
     overhead_seconds: float
 
 
+# The kinds of units of work, each with its own time per unit in the ETA.
+PRETRAINING, FINETUNING, LINEAR_PROBE = UNIT_KINDS = ("pretraining", "fine-tuning",
+                                                     "linear probe")
 PRETRAIN_SHARE = 0.5  # of the training time left after the fixed costs, when anything pretrains
 MAX_FINETUNE_EPOCHS = 30.0
 MIN_PRETRAIN_STEPS = 10
@@ -260,7 +265,11 @@ def plan_schedule(budget_seconds: float, runs: int, finetune_images: Sequence[in
         f"to {runs} pretraining run(s) of {steps} steps each, the remainder to "
         f"{len(finetune_images)} fine-tuning runs of {epochs:g} epochs each (at most "
         f"{MAX_FINETUNE_EPOCHS:g})")
-    return Schedule(steps, pretrain_batch, epochs, finetune_batch, explanation)
+    per_finetune = (finetune.overhead_seconds + epochs * batches_per_epoch
+                    / max(len(finetune_images), 1) / finetune.steps_per_second)
+    unit_seconds = {PRETRAINING: pretrain.overhead_seconds + steps / pretrain.steps_per_second,
+                    FINETUNING: per_finetune, LINEAR_PROBE: finetune.overhead_seconds}
+    return Schedule(steps, pretrain_batch, epochs, finetune_batch, explanation, unit_seconds)
 
 
 QUICK_SCHEDULE = Schedule(pretrain_steps=10, pretrain_batch=16, finetune_epochs=1.0,

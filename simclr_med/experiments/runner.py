@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +44,7 @@ DONE_FILE = "done.json"
 PLAN_FILE = "plan.json"
 SELECTION_FILE = "selection.json"
 VALIDATION_FILE = "validation.json"
+WALL_TIME_FILE = "wall_time.json"
 TEST_SPLIT, VALIDATION_SPLIT, TRAIN_SPLIT = "test", "validation", "train"
 PROBE_LOOP = 5  # steps per loop of the timing probe: one traced loop, one timed
 FINETUNE_AUGMENT = augment_preset("finetune", crop_area_min=0.5)
@@ -60,25 +61,41 @@ def read_json(path: str) -> dict:
 
 
 class Progress:
-    """Logs each finished unit of work with the elapsed time and an ETA (mean time per unit run
-    in this invocation, times the units left)."""
+    """Logs each finished unit of work with the elapsed time and an ETA: for each kind of unit
+    (`plan.UNIT_KINDS`), the units left times the mean time of that kind's units run in this
+    invocation, or before one has run the plan's time per unit (`Schedule.unit_seconds`), else
+    the mean of every unit run. (One mean for all would take the first, long pretraining runs
+    for the time of every short fine-tuning run.)"""
 
-    def __init__(self, total: int):
-        self.total, self.finished, self.ran = total, 0, 0
-        self.started = time.perf_counter()
+    def __init__(self, totals: dict[str, int], planned: Optional[dict[str, float]] = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.total, self.finished = sum(totals.values()), 0
+        self.left = dict(totals)
+        self.planned = dict(planned or {})
+        self.spent: dict[str, list[float]] = {kind: [] for kind in totals}
+        self.clock = clock
+        self.started = clock()
 
-    def skip(self, what: str) -> None:
+    def skip(self, kind: str, what: str) -> None:
+        self.left[kind] -= 1
         self.finished += 1
         logging.info("experiment: [%d/%d] %s: already done, skipped", self.finished, self.total,
                      what)
 
-    def done(self, what: str, seconds: float) -> None:
+    def done(self, kind: str, what: str, seconds: float) -> None:
+        self.left[kind] -= 1
         self.finished += 1
-        self.ran += 1
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.ran * (self.total - self.finished)
+        self.spent[kind].append(seconds)
+        elapsed = self.clock() - self.started
         logging.info("experiment: [%d/%d] %s done in %.0f s; elapsed %.1f min, ETA %.1f min",
-                     self.finished, self.total, what, seconds, elapsed / 60, eta / 60)
+                     self.finished, self.total, what, seconds, elapsed / 60, self.eta() / 60)
+
+    def eta(self) -> float:
+        every = [s for spent in self.spent.values() for s in spent]
+        overall = sum(every) / len(every) if every else 0.0
+        return sum(left * (sum(self.spent[kind]) / len(self.spent[kind]) if self.spent[kind]
+                           else self.planned.get(kind, overall))
+                   for kind, left in self.left.items())
 
 
 def has_multi_image_cases(info: schema.DatasetInfo) -> bool:
@@ -291,23 +308,25 @@ class Runner:
                  strategy: tf.distribute.Strategy):
         self.x, self.schedule, self.strategy = experiment, chosen, strategy
         self.task = experiment.source.info.task
-        # Units: pretraining runs, the grid's runs, every seed's test cell, the linear probes.
-        per_fraction = len(experiment.grid) + len(experiment.seeds)
-        self.progress = Progress(len(experiment.runs) + len(experiment.linear_cells())
-                                 + len(experiment.arms) * len(experiment.fractions) * per_fraction
-                                 + (len(experiment.arms) * len(experiment.seeds)
-                                    if experiment.shift else 0))
+        # Units: pretraining runs, the grid's runs, every seed's test cell (and shift cell), the
+        # linear probes.
+        x = experiment
+        finetuning = (len(x.arms) * len(x.fractions) * (len(x.grid) + len(x.seeds))
+                      + (len(x.arms) * len(x.seeds) if x.shift else 0))
+        self.progress = Progress({plan.PRETRAINING: len(x.runs), plan.FINETUNING: finetuning,
+                                  plan.LINEAR_PROBE: len(x.linear_cells())}, chosen.unit_seconds)
+        self.chosen: dict[tuple[str, float], FinetuneSetting] = {}  # select()'s, by arm, fraction
 
-    def _unit(self, folder: str, what: str, work) -> None:
-        """Runs `work()` unless `folder` is done; then marks it done."""
+    def _unit(self, kind: str, folder: str, what: str, work) -> None:
+        """Runs `work()`, a unit of `kind`, unless `folder` is done; then marks it done."""
         if is_done(folder):
-            self.progress.skip(what)
+            self.progress.skip(kind, what)
             return
         began = time.perf_counter()
         outcome = work()
         write_json(folder, DONE_FILE, {"what": what, "seconds": time.perf_counter() - began,
                                        "result": outcome})
-        self.progress.done(what, time.perf_counter() - began)
+        self.progress.done(kind, what, time.perf_counter() - began)
 
     def pretrain_all(self) -> None:
         for run in self.x.runs:
@@ -319,7 +338,7 @@ class Runner:
                                 train_steps=steps, steps_per_loop=min(10, steps),
                                 checkpoint_steps=max(1, math.ceil(steps / 4)),
                                 init_checkpoint=init)
-            self._unit(folder, f"pretraining {run.name}", lambda: pretrain(
+            self._unit(plan.PRETRAINING, folder, f"pretraining {run.name}", lambda: pretrain(
                 self.x.model, plan.PRETRAIN_OPTIM, augment_preset(self.x.config.augmentation),
                 self.x.source, train, PretrainConfig(
                     temperature=plan.PRETRAIN_TEMPERATURE, use_micle=run.use_micle,
@@ -370,19 +389,26 @@ class Runner:
 
     def select(self, arm: Arm, fraction: float) -> FinetuneSetting:
         """The grid setting with the best validation value at seed 0 (recorded)."""
+        if (arm.name, fraction) not in self.chosen:
+            self.chosen[arm.name, fraction] = self._select(arm, fraction)
+        return self.chosen[arm.name, fraction]
+
+    def _select(self, arm: Arm, fraction: float) -> FinetuneSetting:
         folder = self.x.path(plan.selection_folder(arm.name, fraction))
         path = os.path.join(folder, SELECTION_FILE)
         by_name = {s.name: s for s in self.x.grid}
         if tf.io.gfile.exists(path):
             for setting in self.x.grid:
-                self.progress.skip(f"grid {setting.name} of {arm.name} at {fraction:g}")
+                self.progress.skip(plan.FINETUNING,
+                                   f"grid {setting.name} of {arm.name} at {fraction:g}")
             return by_name[read_json(path)["chosen"]]
         values = {}
         for setting in self.x.grid:
             cell = Cell("finetune", arm.name, fraction, 0, setting)
             began = time.perf_counter()
             values[setting.name] = self._finetune(cell)
-            self.progress.done(f"fine-tuning {cell.folder} (grid)", time.perf_counter() - began)
+            self.progress.done(plan.FINETUNING, f"fine-tuning {cell.folder} (grid)",
+                               time.perf_counter() - began)
         # The best validation value; ties and undefined values go to the earlier setting.
         chosen = max(self.x.grid, key=lambda s: (
             -math.inf if math.isnan(values[s.name]) else values[s.name], -self.x.grid.index(s)))
@@ -402,7 +428,8 @@ class Runner:
                         self._finetune(cell)
                         return {"test": self._evaluate(self.x.path(cell.folder), self.x.source)}
 
-                    self._unit(self.x.path(cell.folder), f"fine-tuning {cell.folder}", work)
+                    self._unit(plan.FINETUNING, self.x.path(cell.folder),
+                               f"fine-tuning {cell.folder}", work)
 
     def shift_all(self) -> None:
         """Every arm and seed fine-tuned on the source view's build (its training images, the
@@ -425,7 +452,8 @@ class Runner:
                                                        os.path.join(folder, subfolder))
                             for evaluation, view, subfolder in shift_evaluations(shift)}
 
-                self._unit(folder, f"shift {shift.name} {arm.name} seed {seed}", work)
+                self._unit(plan.FINETUNING, folder, f"shift {shift.name} {arm.name} seed {seed}",
+                           work)
 
     def linear_all(self) -> None:
         encoders: dict[str, tuple] = {}
@@ -441,7 +469,8 @@ class Runner:
                 model, weights, step = encoders[arm.name]
                 return self._probe(cell, model, weights, step)
 
-            self._unit(self.x.path(cell.folder), f"linear probe {cell.folder}", work)
+            self._unit(plan.LINEAR_PROBE, self.x.path(cell.folder),
+                       f"linear probe {cell.folder}", work)
 
     def _probe(self, cell: Cell, model, weights: str, step: int) -> dict:
         folder = self.x.path(cell.folder)
@@ -548,7 +577,22 @@ def _header(x: Experiment, chosen: Schedule, labels: Optional[Sequence[str]]) ->
     return lines
 
 
-def report(x: Experiment, chosen: Schedule) -> dict:
+def record_wall_time(output_dir: str, seconds: float) -> list[float]:
+    """Appends this invocation's wall time to `wall_time.json`; returns every one recorded."""
+    path = os.path.join(output_dir, WALL_TIME_FILE)
+    earlier = read_json(path)["invocations_seconds"] if tf.io.gfile.exists(path) else []
+    recorded = [*earlier, round(seconds, 1)]
+    write_json(output_dir, WALL_TIME_FILE, {"invocations_seconds": recorded})
+    return recorded
+
+
+def wall_time_line(invocations: Sequence[float]) -> str:
+    return (f"Wall time: {sum(invocations) / 60:.1f} min over {len(invocations)} invocation(s) "
+            f"of the command ({', '.join(f'{s / 60:.1f}' for s in invocations)} min; each from "
+            "its start to the tables, probe included; `wall_time.json`).")
+
+
+def report(x: Experiment, chosen: Schedule, invocations: Sequence[float] = ()) -> dict:
     cells = scored_cells(x)
     labels = list(x.source.info.names)
     if x.source.info.task == schema.MULTILABEL:
@@ -570,15 +614,16 @@ def report(x: Experiment, chosen: Schedule) -> dict:
         names = [evaluation for evaluation, _, _ in shift_evaluations(x.shift)]
         evaluations += names
         paths["shift"] = summary.write_shift(out, rows, headline, names)
+    header = _header(x, chosen, labels if x.source.info.task == schema.MULTILABEL else None)
     paths["summary"] = summary.write_summary(
-        out, header=_header(x, chosen, labels if x.source.info.task == schema.MULTILABEL
-                            else None),
+        out, header=[*header, "", wall_time_line(invocations)] if invocations else header,
         rows=rows, paired=paired, metrics=headline, evaluations=evaluations)
     return paths
 
 
 def run_experiment(config: ExperimentConfig, strategy: tf.distribute.Strategy) -> dict:
     """Runs (or resumes) the whole comparison; returns the paths of the files written."""
+    started = time.perf_counter()
     experiment = resolve(config)
     for name, why in experiment.skipped_arms.items():
         logging.warning("experiment: arm %s skipped: %s", name, why)
@@ -591,4 +636,5 @@ def run_experiment(config: ExperimentConfig, strategy: tf.distribute.Strategy) -
     runner.linear_all()
     if experiment.shift:
         runner.shift_all()
-    return report(experiment, chosen)
+    return report(experiment, chosen,
+                  record_wall_time(config.output_dir, time.perf_counter() - started))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import pathlib
 
@@ -127,8 +128,31 @@ def test_running_again_skips_every_finished_cell(quick_run, monkeypatch):
         monkeypatch.setattr(runner, name, refuse)
     monkeypatch.setattr(runner.linear_eval, "fit_probes", refuse)
     monkeypatch.setattr(runner.evaluate, "evaluate", refuse)
+    made, original = [], runner.Progress
+    monkeypatch.setattr(runner, "Progress",
+                        lambda *a, **k: made.append(original(*a, **k)) or made[-1])
     again = runner.run_experiment(config, tf.distribute.get_strategy())
     assert pathlib.Path(again["results"]).read_text() == before
+    wall = json.loads((output / runner.WALL_TIME_FILE).read_text())["invocations_seconds"]
+    assert len(wall) == 2 and wall[1] < wall[0]
+    assert "over 2 invocation(s)" in (output / "summary.md").read_text()
+    progress, = made  # every unit counted once as skipped, the shift's grid choice included
+    assert progress.finished == progress.total and not any(progress.left.values())
+    assert progress.eta() == 0
+
+
+def test_the_eta_counts_each_kind_of_unit_at_its_own_pace():
+    """One long pretraining run done: the ETA is its pace for the other one, the plan's for the
+    fine-tuning runs not yet timed, and the mean of every unit run for a kind with no plan."""
+    now = [0.0]
+    progress = runner.Progress({plan.PRETRAINING: 2, plan.FINETUNING: 10, plan.LINEAR_PROBE: 2},
+                               {plan.FINETUNING: 5.0}, clock=lambda: now[0])
+    progress.done(plan.PRETRAINING, "pretraining a", 300.0)
+    assert progress.eta() == pytest.approx(300 + 10 * 5 + 2 * 300)
+    progress.done(plan.FINETUNING, "fine-tuning b", 7.0)
+    assert progress.eta() == pytest.approx(300 + 9 * 7 + 2 * (307 / 2))
+    progress.skip(plan.LINEAR_PROBE, "linear c")
+    assert (progress.finished, progress.total) == (3, 14)
 
 
 def _predictions(rng: np.random.Generator, patients: int = 30, classes: int = 3
@@ -189,6 +213,9 @@ def test_the_schedule_spends_the_budget():
     spent = (2 * (30 + s.pretrain_steps / 2.0) + 4 * 20
              + sum(20 + s.finetune_epochs * n / 32 / 4.0 for n in images))
     assert spent == pytest.approx(3600, rel=0.02)
+    units = s.unit_seconds  # the ETA's plan per unit adds up to the same
+    assert (2 * units[plan.PRETRAINING] + len(images) * units[plan.FINETUNING]
+            + 4 * units[plan.LINEAR_PROBE]) == pytest.approx(spent)
     with pytest.raises(UserError, match="too short"):
         plan.plan_schedule(60, 2, images, 4, pre, ft, 64, 32)
 

@@ -1,0 +1,240 @@
+"""Pretraining step speed, settings side by side: pairs/s, views/s, peak memory, and ratios.
+
+    .venv/bin/python bench/pretrain_step.py [--setting=depth=50,size=224,batch=32
+        --setting=depth=50,size=224,batch=32,precision=mixed_bfloat16 ...] [--rounds=2]
+        [--steps=8] [--noyardstick] [--output=pretrain_step.json]
+
+Each measurement is a short SimCLR (or MICLe) pretraining in a fresh process, so that its peak
+resident memory is its own, timed after its first loop (tracing) by the training summary; the
+input pipeline runs beside the model on the same cores, as in real training. The settings
+alternate, round after round (A B A B, not A A B B), so that a shared machine's drift reaches
+every setting alike; the table gives the median over rounds, the range, and the ratio to the
+first setting.
+
+The yardstick: `keras.applications.ResNet<depth>` (depths 50, 101, 152) trained supervised with
+`fit` on in-memory images, as many per step as the setting has views (2 x batch), at the same
+precision. Its per-image step time against our per-view step time is how much the contrastive
+step (two views, projection head, NT-Xent over the batch, LARS, the input pipeline) costs beyond
+a plain supervised step of the same network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flags import entry_point  # noqa: E402
+
+entry_point.import_tensorflow_quietly()
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+
+import machine  # noqa: E402  (bench/machine.py, beside this script)
+from data_prep import synthetic  # noqa: E402
+from flags import pretrain_step_flags  # noqa: E402,F401  (defines the flags)
+from simclr_med.config import (ModelConfig, OptimConfig, PretrainConfig,  # noqa: E402
+                               StrategyConfig, TrainConfig)
+from simclr_med.data import augment  # noqa: E402
+from simclr_med.data.reader import open_build  # noqa: E402
+from simclr_med.errors import UserError  # noqa: E402
+from simclr_med.stages.pretrain import pretrain  # noqa: E402
+from simclr_med.training.strategy import build_strategy  # noqa: E402
+
+FLAGS = flags.FLAGS
+YARDSTICK_DEPTHS = (50, 101, 152)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    depth: int = 50
+    width: float = 1.0
+    size: int = 224
+    batch: int = 32  # pairs
+    precision: str = "float32"
+    micle: int = 0
+    replicas: int = 1
+    augment: str = "simclr"
+    blur: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Setting":
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for item in filter(None, text.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep or key not in fields:
+                raise UserError(f"--setting={text}: expected key=value with a key among "
+                                f"{', '.join(fields)}, got {item!r}")
+            kind = {"int": int, "float": float, "str": str}[fields[key]]
+            try:
+                values[key] = kind(value)
+            except ValueError:
+                raise UserError(f"--setting={text}: {key} must be a {fields[key]}, got {value!r}")
+        return cls(**values)
+
+    def label(self) -> str:
+        default = Setting()
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in dataclasses.asdict(self).items()
+                        if k in ("depth", "size", "batch") or v != getattr(default, k))
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+
+
+def measure_pretraining(s: Setting, steps: int, steps_per_loop: int, data_dir: str) -> dict:
+    strategy = build_strategy(StrategyConfig(
+        strategy="mirrored" if s.replicas > 1 else "default",
+        num_cpu_devices=s.replicas if s.replicas > 1 else 0, precision=s.precision))
+    views = augment.preset(s.augment, **({} if s.blur else {"blur_prob": 0.0}))
+    with tempfile.TemporaryDirectory() as model_dir:
+        summary = pretrain(
+            ModelConfig(resnet_depth=s.depth, width_multiplier=s.width, image_size=s.size),
+            OptimConfig(), views, open_build(data_dir or synthetic.default_build()),
+            TrainConfig(model_dir=model_dir, train_batch_size=s.batch,
+                        train_steps=steps + steps_per_loop, steps_per_loop=steps_per_loop,
+                        checkpoint_steps=10**9),
+            PretrainConfig(use_micle=bool(s.micle)), strategy)
+    return {"step_seconds": s.batch / summary["examples_per_second"]}
+
+
+def measure_yardstick(s: Setting, steps: int, steps_per_loop: int) -> dict:
+    keras.config.set_dtype_policy(s.precision)
+    network = getattr(keras.applications, f"ResNet{s.depth}")(
+        weights=None, input_shape=(s.size, s.size, 3), classes=1000)
+    network.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                    loss="sparse_categorical_crossentropy", steps_per_execution=steps_per_loop)
+    images = 2 * s.batch  # as many as the contrastive step's views
+    batch = (tf.random.uniform([images, s.size, s.size, 3]),
+             tf.random.uniform([images], maxval=1000, dtype=tf.int32))
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    network.fit(data, steps_per_epoch=steps_per_loop, verbose=0)  # traces
+    start = time.perf_counter()
+    network.fit(data, steps_per_epoch=steps, verbose=0)
+    return {"step_seconds": (time.perf_counter() - start) / steps}
+
+
+def child(job: dict) -> dict:
+    s = Setting(**job["setting"])
+    if job["kind"] == "yardstick":
+        found = measure_yardstick(s, job["steps"], job["steps_per_loop"])
+    else:
+        found = measure_pretraining(s, job["steps"], job["steps_per_loop"], job["data_dir"])
+    return {**found, "peak_rss_gb": _peak_rss_gb()}
+
+
+def run_child(job: dict) -> dict:
+    completed = subprocess.run([sys.executable, os.path.abspath(__file__),
+                                f"--child={json.dumps(job)}"], capture_output=True, text=True)
+    if completed.returncode:
+        raise RuntimeError(f"measurement {job} failed:\n{completed.stderr[-4000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def jobs(settings: list[Setting], yardstick: bool) -> list[dict]:
+    common = {"steps": FLAGS.steps, "steps_per_loop": FLAGS.steps_per_loop,
+              "data_dir": FLAGS.data_dir}
+    found = [{"kind": "simclr_med", "setting": dataclasses.asdict(s), **common} for s in settings]
+    if yardstick:
+        keys = dict.fromkeys((s.depth, s.size, s.batch, s.precision) for s in settings
+                             if s.depth in YARDSTICK_DEPTHS)
+        found += [{"kind": "yardstick", "setting": dataclasses.asdict(
+            Setting(depth=d, size=size, batch=b, precision=p)), **common}
+            for d, size, b, p in keys]
+    return found
+
+
+def summarise(job: dict, runs: list[dict]) -> dict:
+    s = Setting(**job["setting"])
+    seconds = [r["step_seconds"] for r in runs]
+    step = statistics.median(seconds)
+    return {"kind": job["kind"], "setting": s.label(), **job["setting"],
+            "step_seconds": step, "step_seconds_range": [min(seconds), max(seconds)],
+            "pairs_per_second": s.batch / step, "views_per_second": 2 * s.batch / step,
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "rounds": runs}
+
+
+def _yardstick_of(row: dict, rows: list[dict]) -> dict | None:
+    for other in rows:
+        if other["kind"] == "yardstick" and all(
+                other[k] == row[k] for k in ("depth", "size", "batch", "precision")):
+            return other
+    return None
+
+
+def compare(rows: list[dict]) -> None:
+    """Adds to each of our rows its ratio to the first row and, where there is a yardstick, our
+    per-view step time over its per-image step time (1.0: as fast per image as Keras)."""
+    base = rows[0]
+    for row in rows:
+        if row["kind"] == "yardstick":
+            continue
+        row["ratio_to_baseline"] = row["pairs_per_second"] / base["pairs_per_second"]
+        keras_row = _yardstick_of(row, rows)
+        row["per_view_vs_keras_per_image"] = (
+            keras_row["views_per_second"] / row["views_per_second"] if keras_row else None)
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [f"{'setting':52s} {'pairs/s':>8s} {'views/s':>8s} {'range pairs/s':>14s} "
+             f"{'peak GB':>7s} {'ratio':>6s} {'vs Keras':>8s}"]
+    for row in rows:
+        if row["kind"] == "yardstick":
+            continue
+        low, high = (row["batch"] / t for t in reversed(row["step_seconds_range"]))
+        versus = row["per_view_vs_keras_per_image"]
+        lines.append(f"{row['setting']:52s} {row['pairs_per_second']:8.2f} "
+                     f"{row['views_per_second']:8.2f} {low:6.2f}-{high:<7.2f} "
+                     f"{row['peak_rss_gb']:7.2f} {row['ratio_to_baseline']:6.2f} "
+                     + (f"{versus:8.2f}" if versus else f"{'-':>8s}"))
+    for row in rows:
+        if row["kind"] == "yardstick":
+            lines.append(f"Keras ResNet{row['depth']} supervised, {row['size']} px, "
+                         f"{2 * row['batch']} images/step, {row['precision']}: "
+                         f"{row['views_per_second']:.2f} images/s, peak "
+                         f"{row['peak_rss_gb']:.2f} GB")
+    return lines
+
+
+def main() -> None:
+    if FLAGS.child:
+        print(json.dumps(child(json.loads(FLAGS.child))))
+        return
+    settings = [Setting.parse(text) for text in FLAGS.setting]
+    todo = jobs(settings, FLAGS.yardstick)
+    info = machine.describe()
+    print(machine.headline(info))
+    runs: list[list[dict]] = [[] for _ in todo]
+    order = []
+    for round_index in range(FLAGS.rounds):
+        for i, job in enumerate(todo):
+            runs[i].append(run_child(job))
+            order.append(i)
+            print(f"round {round_index + 1}/{FLAGS.rounds}: {Setting(**job['setting']).label()}"
+                  f"{' (Keras yardstick)' if job['kind'] == 'yardstick' else ''}: "
+                  f"{runs[i][-1]['step_seconds']:.3f} s/step", flush=True)
+    rows = [summarise(job, r) for job, r in zip(todo, runs)]
+    compare(rows)
+    lines = table(rows)
+    print("\n".join(lines))
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump({"machine": info, "command": sys.argv, "steps": FLAGS.steps,
+                       "steps_per_loop": FLAGS.steps_per_loop, "rounds": FLAGS.rounds,
+                       "order": order, "results": rows, "table": lines}, f, indent=2)
+
+
+if __name__ == "__main__":
+    entry_point.run(main)

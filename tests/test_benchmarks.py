@@ -1,0 +1,55 @@
+"""Smoke runs of the benchmarks (a few steps each), so that they keep working: the figures in the
+README come from them."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _bench(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    completed = subprocess.run([sys.executable, f"bench/{script}", *arguments], cwd=REPO,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def test_pretrain_step_alternates_the_settings_and_compares_them(tmp_path):
+    """Two of our settings and the Keras yardstick of the second, two rounds: every round runs
+    every measurement once (A B Y A B Y), each in its own process; the ratios are those of the
+    medians."""
+    output = tmp_path / "pretrain_step.json"
+    small = "depth=18,width=0.25,size=32,batch=4"
+    deep = "depth=50,width=0.25,size=32,batch=2,micle=1"
+    completed = _bench("pretrain_step.py", f"--setting={small}", f"--setting={deep}",
+                       "--rounds=2", "--steps=1", "--steps_per_loop=1", f"--output={output}")
+    found = json.loads(output.read_text())
+    assert found["order"] == [0, 1, 2, 0, 1, 2]
+    ours, theirs, yardstick = found["results"]
+    assert [ours["kind"], theirs["kind"], yardstick["kind"]] == ["simclr_med"] * 2 + ["yardstick"]
+    assert (theirs["micle"], yardstick["depth"], yardstick["batch"]) == (1, 50, 2)
+    for row in found["results"]:
+        assert len(row["rounds"]) == 2
+        seconds = sorted(r["step_seconds"] for r in row["rounds"])
+        assert row["step_seconds"] == pytest.approx(sum(seconds) / 2)  # the median of two
+        assert row["pairs_per_second"] == pytest.approx(row["batch"] / row["step_seconds"])
+        assert 0.1 < row["peak_rss_gb"] < 20
+    assert ours["ratio_to_baseline"] == 1.0 and ours["per_view_vs_keras_per_image"] is None
+    assert theirs["ratio_to_baseline"] == pytest.approx(
+        theirs["pairs_per_second"] / ours["pairs_per_second"])
+    assert theirs["per_view_vs_keras_per_image"] == pytest.approx(
+        yardstick["views_per_second"] / theirs["views_per_second"])
+    machine = found["machine"]
+    assert machine["cores"] >= 1 and ("tensorflow-cpu" in machine or "tensorflow" in machine)
+    assert found["table"][1].startswith(small) and found["table"][-1].startswith(
+        "Keras ResNet50 supervised, 32 px, 4 images/step, float32")
+    assert "\n".join(found["table"]) in completed.stdout
+
