@@ -53,6 +53,7 @@ from simclr_med.training.strategy import build_strategy  # noqa: E402
 
 FLAGS = flags.FLAGS
 YARDSTICK_DEPTHS = (50, 101, 152)
+YARDSTICK_KEYS = ("depth", "size", "batch", "precision")  # what a yardstick shares with its setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +149,10 @@ def jobs(settings: list[Setting], yardstick: bool) -> list[dict]:
               "data_dir": FLAGS.data_dir}
     found = [{"kind": "simclr_med", "setting": dataclasses.asdict(s), **common} for s in settings]
     if yardstick:
-        keys = dict.fromkeys((s.depth, s.size, s.batch, s.precision) for s in settings
+        keys = dict.fromkeys(tuple(getattr(s, k) for k in YARDSTICK_KEYS) for s in settings
                              if s.depth in YARDSTICK_DEPTHS)
         found += [{"kind": "yardstick", "setting": dataclasses.asdict(
-            Setting(depth=d, size=size, batch=b, precision=p)), **common}
-            for d, size, b, p in keys]
+            Setting(**dict(zip(YARDSTICK_KEYS, key)))), **common} for key in keys]
     return found
 
 
@@ -168,8 +168,7 @@ def summarise(job: dict, runs: list[dict]) -> dict:
 
 def _yardstick_of(row: dict, rows: list[dict]) -> dict | None:
     for other in rows:
-        if other["kind"] == "yardstick" and all(
-                other[k] == row[k] for k in ("depth", "size", "batch", "precision")):
+        if other["kind"] == "yardstick" and all(other[k] == row[k] for k in YARDSTICK_KEYS):
             return other
     return None
 
