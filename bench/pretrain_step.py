@@ -53,7 +53,7 @@ from simclr_med.training.strategy import build_strategy  # noqa: E402
 
 FLAGS = flags.FLAGS
 YARDSTICK_DEPTHS = (50, 101, 152)
-YARDSTICK_KEYS = ("depth", "size", "batch", "precision")  # what a yardstick shares with its setting
+YARDSTICK_KEYS = ("depth", "size", "batch", "precision", "jit")  # what a yardstick shares with its setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Setting:
     replicas: int = 1
     augment: str = "simclr"
     blur: int = 1
+    jit: int = 0  # XLA-compiled step (--jit_compile)
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
@@ -106,17 +107,18 @@ def measure_pretraining(s: Setting, steps: int, steps_per_loop: int, data_dir: s
             OptimConfig(), views, open_build(data_dir or synthetic.default_build()),
             TrainConfig(model_dir=model_dir, train_batch_size=s.batch,
                         train_steps=steps + steps_per_loop, steps_per_loop=steps_per_loop,
-                        checkpoint_steps=10**9),
+                        checkpoint_steps=10**9, jit_compile=bool(s.jit)),
             PretrainConfig(use_micle=bool(s.micle)), strategy)
     return {"step_seconds": s.batch / summary["examples_per_second"]}
 
 
 def measure_yardstick(s: Setting, steps: int, steps_per_loop: int) -> dict:
-    keras.config.set_dtype_policy(s.precision)
+    build_strategy(StrategyConfig(precision=s.precision))
     network = getattr(keras.applications, f"ResNet{s.depth}")(
         weights=None, input_shape=(s.size, s.size, 3), classes=1000)
     network.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                    loss="sparse_categorical_crossentropy", steps_per_execution=steps_per_loop)
+                    loss="sparse_categorical_crossentropy", steps_per_execution=steps_per_loop,
+                    jit_compile=bool(s.jit))
     images = 2 * s.batch  # as many as the contrastive step's views
     batch = (tf.random.uniform([images, s.size, s.size, 3]),
              tf.random.uniform([images], maxval=1000, dtype=tf.int32))

@@ -135,6 +135,8 @@ flags.DEFINE_integer("seed", TrainConfig.seed,
                      "Seed of initialisation, shuffling and augmentation.")
 flags.DEFINE_boolean("deterministic", TrainConfig.deterministic,
                      "Deterministic TF ops (bit-reproducible, slower).")
+flags.DEFINE_boolean("jit_compile", TrainConfig.jit_compile, "Compile the training step with XLA "
+                     "(off by default: slower on the CPUs measured, see the README's Performance).")
 
 
 

@@ -124,7 +124,9 @@ class OptimConfig:
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# auto: mixed_bfloat16 where the hardware computes bfloat16 natively, else float32
+# (simclr_med.models.precision).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +134,7 @@ class StrategyConfig:
     strategy: str = "default"  # one of STRATEGIES
     tpu: str = ""
     num_cpu_devices: int = 0  # > 0: split the CPU into this many logical devices
-    precision: str = "float32"  # one of PRECISIONS
+    precision: str = "auto"  # one of PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +165,7 @@ class TrainConfig:
     init_checkpoint: str = ""  # weights to start from: this package's model folder or an official one
     seed: int = 0
     deterministic: bool = False  # TF op determinism: bit-reproducible runs, somewhat slower
+    jit_compile: bool = False  # XLA-compile the training step (bench/pretrain_step.py measures it)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,7 +95,7 @@ def two_cpu_strategy():
     a GPU machine too: two replicas, both on CPU devices."""
     from simclr_med.config import StrategyConfig
 
-    mirrored = strategy.build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
+    mirrored = strategy.build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2, precision="float32"))
     devices = [tf.DeviceSpec.from_string(d) for d in mirrored.extended.worker_devices]
     assert mirrored.num_replicas_in_sync == 2, mirrored.extended.worker_devices
     assert [(d.device_type, d.device_index) for d in devices] == [("CPU", 0), ("CPU", 1)], devices

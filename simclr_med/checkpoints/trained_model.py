@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from simclr_med.checkpoints import native
 from simclr_med.errors import UserError
+from simclr_med.models import precision
 from simclr_med.models.simclr import SimCLRModel
 
 BEST_DIR = "best"  # where fine-tuning keeps its best checkpoint (a complete model folder)
@@ -51,11 +52,13 @@ def inference_checkpoint(model_dir: str, which: str = "auto") -> str:
 def load(model_dir: str, checkpoint: str = "auto",
          num_classes: Optional[int] = None) -> TrainedModel:
     """The model of `model_dir`, restored from `checkpoint` (see `inference_checkpoint`), with
-    `num_classes` supervised outputs (None: the record's head; 0: no head, the encoder alone)."""
+    `num_classes` supervised outputs (None: the record's head; 0: no head, the encoder alone),
+    computing in float32 whatever precision it was trained in."""
     record = native.ModelRecord.load(model_dir)
     outputs = record.num_classes if num_classes is None else num_classes
-    model = SimCLRModel(record.model, outputs, stop_gradient_to_head=False)
-    model.build_for_image_size()
+    with precision.inference_policy():
+        model = SimCLRModel(record.model, outputs, stop_gradient_to_head=False)
+        model.build_for_image_size()
     prefix = inference_checkpoint(model_dir, checkpoint)
     return TrainedModel(model, record, prefix, restore(model, prefix))
 

@@ -31,6 +31,7 @@ from simclr_med.data.integrity import names_damaged_shards
 from simclr_med.data.reader import Source
 from simclr_med.errors import UserError
 from simclr_med.evaluation import metrics
+from simclr_med.models import precision
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages import evaluate
 from simclr_med.training.loop import write_json
@@ -102,8 +103,9 @@ def load_encoder(model_dir: str, init_checkpoint: str, model_config: ModelConfig
     """(encoder, where its weights came from, global step): `init_checkpoint` (any checkpoint
     `load_init_weights` takes, into `model_config`'s network) or else `model_dir`'s own."""
     if init_checkpoint:
-        model = SimCLRModel(model_config)
-        model.build_for_image_size()
+        with precision.inference_policy():
+            model = SimCLRModel(model_config)
+            model.build_for_image_size()
         logging.info(initial_weights.load_init_weights(model, init_checkpoint))
         return model, init_checkpoint, 0
     loaded = trained_model.load(model_dir, checkpoint, num_classes=0)

@@ -49,6 +49,7 @@ class LoopSettings:
     examples_per_step: int  # the global batch
     images_per_example: int = 1  # 2 for contrastive pairs: the network sees two views
     run_steps: int = 0  # end this invocation after this many steps (0: run to total_steps)
+    jit_compile: bool = False  # XLA-compile the step function
 
 
 def worker_id(strategy: tf.distribute.Strategy) -> int | None:
@@ -99,7 +100,9 @@ class Trainer:
         self.optimizer = optimizer
         self.metrics = metrics
         self.settings = settings
-        self._step_fn = step_fn
+        if settings.jit_compile:
+            _check_xla_devices(strategy)
+        self._step_fn = tf.function(step_fn, jit_compile=True) if settings.jit_compile else step_fn
         self.chief = is_chief(strategy)
         self.worker = worker_id(strategy)
         self.checkpoint = native.make_checkpoint(model, optimizer, optimizer.iterations)
@@ -216,6 +219,8 @@ class Trainer:
         start = self.step
         stop = s.total_steps if not s.run_steps else min(s.total_steps, start + s.run_steps)
         iterator = iter(make_dataset(start))
+        logging.info("%s: computing in %s%s", s.mode, self.model.dtype_policy.name,
+                     ", the step compiled with XLA" if s.jit_compile else "")
         results: dict = {}
         timed_seconds, timed_steps, started = 0.0, 0, time.perf_counter()
         while self.step < stop:
@@ -242,6 +247,7 @@ class Trainer:
                    "resumed_from_step": start, "damaged_checkpoints": self.damaged,
                    "checkpoint": tf.train.latest_checkpoint(s.model_dir),
                    "elapsed_seconds": time.perf_counter() - started,
+                   "precision": self.model.dtype_policy.name, "jit_compile": s.jit_compile,
                    "weights_sha256": weights_fingerprint(self.model.variables)}
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
@@ -281,6 +287,17 @@ class Trainer:
         eta = datetime.timedelta(seconds=round(eta_seconds))
         logging.info("[%s] step %d/%d  %s  lr %.4g  ETA %s", self.settings.mode, step,
                      self.settings.total_steps, shown, learning_rate, eta)
+
+
+def _check_xla_devices(strategy: tf.distribute.Strategy) -> None:
+    """XLA compiles for one CPU device: replicas on logical CPU devices cannot share a compiled
+    step (their variables live on devices it does not see)."""
+    if strategy.num_replicas_in_sync == 1:
+        return
+    devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
+    if all(d.device_type == "CPU" for d in devices):
+        raise UserError(f"--jit_compile cannot compile a step for {len(devices)} replicas on CPU "
+                        "devices (XLA sees one CPU); train on one device, or on GPUs")
 
 
 def distributed_input(strategy: tf.distribute.Strategy, global_batch: int,

@@ -87,5 +87,6 @@ def build_stage(mode: str, model_config: ModelConfig, optim: OptimConfig, train:
         steps_per_loop=train.steps_per_loop,
         checkpoint_steps=train.checkpoint_steps or math.ceil(num_examples / batch),
         keep_checkpoint_max=train.keep_checkpoint_max, examples_per_step=batch,
-        images_per_example=images_per_example, run_steps=train.run_steps)
+        images_per_example=images_per_example, run_steps=train.run_steps,
+        jit_compile=train.jit_compile)
     return TrainingStage(strategy, model, optimizer, metrics, settings)

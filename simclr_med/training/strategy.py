@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import keras
 import tensorflow as tf
 
-from simclr_med.config import PRECISIONS, STRATEGIES, StrategyConfig
+from simclr_med.config import STRATEGIES, StrategyConfig
+from simclr_med.models import precision
 
 
 def configure_cpu_devices(count: int) -> None:
@@ -51,13 +51,6 @@ def mirrored_devices(num_cpu_devices: int, gpus: Sequence[str], cpus: Sequence[s
     return list(gpus or cpus)
 
 
-def set_precision(precision: str) -> None:
-    """Keras' global dtype policy: variables stay float32, computation in bfloat16/float16."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    keras.config.set_dtype_policy(precision)
-
-
 def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
     """The distribution strategy a run trains and evaluates under (and the precision policy).
 
@@ -66,8 +59,9 @@ def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
     one's ("Shape mismatch in the collective instance"), e.g. when a notebook pretrains and then
     fine-tunes.
     """
-    set_precision(config.precision)
-    return _strategy(config.strategy, config.tpu, config.num_cpu_devices)
+    found = _strategy(config.strategy, config.tpu, config.num_cpu_devices)
+    precision.set_policy(precision.resolve(config.precision, precision.native_bfloat16(found)))
+    return found
 
 
 @functools.cache

@@ -149,3 +149,21 @@ def test_evaluation_of_the_converted_head(converted, exported, tmp_path):
 def test_evaluation_needs_as_many_classes_as_the_head(converted, synthetic_build):
     with pytest.raises(UserError, match="10 multiclass classes have no names.*has 4 multiclass"):
         evaluate.evaluate(str(converted), open_build(str(synthetic_build)), "test", EVAL)
+
+
+def test_inference_computes_in_float32_after_bfloat16_training(converted, fixture_dir):
+    """Evaluation after a bfloat16 training in the same process (the experiment's runner, a
+    notebook) still gives the reference's float32 outputs, as the exported SavedModel does."""
+    from simclr_med.checkpoints import trained_model
+    from simclr_med.models import precision
+
+    record = ModelRecord.load(str(converted))
+    inputs = np.load(fixture_dir / "inputs.npy")
+    expected = np.load(fixture_dir / "expected.npz")["final_avg_pool"]
+    with precision.policy("mixed_bfloat16"):
+        loaded = trained_model.load(str(converted), num_classes=0).model
+        encoder, _, _ = linear_eval.load_encoder("", str(converted), record.model)
+    for model in (loaded, encoder):
+        features = model(inputs)["final_avg_pool"]
+        assert features.dtype == tf.float32
+        _close_to_reference(features.numpy(), expected)

@@ -260,7 +260,7 @@ def _distributed(strategy: tf.distribute.Strategy, source: Source, spec: PairSpe
 
 def _mirrored_two_devices(source: Source, spec: PairSpec, pairs: int) -> dict:
     """Through `distribute_datasets_from_function` on a MirroredStrategy over 2 CPU devices."""
-    strategy = build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
+    strategy = build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2, precision="float32"))
     dataset = _distributed(strategy, source, spec, global_batch=90)
     batches = []
     for batch in itertools.islice(dataset, pairs // 90):

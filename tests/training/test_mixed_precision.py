@@ -16,7 +16,7 @@ from simclr_med.data import schema
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.stages.finetune import supervised_gradients
 from simclr_med.stages.pretrain import contrastive_gradients
-from simclr_med.training import strategy
+from simclr_med.models import precision as precision_policy
 from tests.tiny import TINY
 
 CONFIG = TINY
@@ -34,7 +34,7 @@ BFLOAT16_RTOL = 3e-2
 def precision():
     """Sets a precision for the test and restores the previous global policy afterwards."""
     previous = keras.config.dtype_policy()
-    yield strategy.set_precision
+    yield precision_policy.set_policy
     keras.config.set_dtype_policy(previous)
     assert keras.config.dtype_policy().name == previous.name
 

@@ -27,5 +27,5 @@ def test_more_cpus_than_configured_is_an_error():
 
 def test_one_strategy_per_configuration_and_process(two_cpu_strategy):
     # A second MirroredStrategy in the process would clash with the first one's collectives.
-    again = build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2))
+    again = build_strategy(StrategyConfig(strategy="mirrored", num_cpu_devices=2, precision="float32"))
     assert again is two_cpu_strategy and again.num_replicas_in_sync == 2
