@@ -23,9 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,14 +37,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-import machine  # noqa: E402  (bench/machine.py, beside this script)
+import alternate  # noqa: E402  (bench/alternate.py, beside this script)
 from data_prep import synthetic  # noqa: E402
 from flags import pretrain_step_flags  # noqa: E402,F401  (defines the flags)
 from simclr_med.config import (ModelConfig, OptimConfig, PretrainConfig,  # noqa: E402
                                StrategyConfig, TrainConfig)
 from simclr_med.data import augment  # noqa: E402
 from simclr_med.data.reader import open_build  # noqa: E402
-from simclr_med.errors import UserError  # noqa: E402
 from simclr_med.stages.pretrain import pretrain  # noqa: E402
 from simclr_med.training.strategy import build_strategy  # noqa: E402
 
@@ -71,29 +67,10 @@ class Setting:
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        values = {}
-        for item in filter(None, text.split(",")):
-            key, sep, value = item.partition("=")
-            if not sep or key not in fields:
-                raise UserError(f"--setting={text}: expected key=value with a key among "
-                                f"{', '.join(fields)}, got {item!r}")
-            kind = {"int": int, "float": float, "str": str}[fields[key]]
-            try:
-                values[key] = kind(value)
-            except ValueError:
-                raise UserError(f"--setting={text}: {key} must be a {fields[key]}, got {value!r}")
-        return cls(**values)
+        return alternate.parse_setting(cls, text)
 
     def label(self) -> str:
-        default = Setting()
-        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in dataclasses.asdict(self).items()
-                        if k in ("depth", "size", "batch") or v != getattr(default, k))
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+        return alternate.label(self, always=("depth", "size", "batch"))
 
 
 def measure_pretraining(s: Setting, steps: int, steps_per_loop: int, data_dir: str) -> dict:
@@ -109,7 +86,7 @@ def measure_pretraining(s: Setting, steps: int, steps_per_loop: int, data_dir: s
                         train_steps=steps + steps_per_loop, steps_per_loop=steps_per_loop,
                         checkpoint_steps=10**9, jit_compile=bool(s.jit)),
             PretrainConfig(use_micle=bool(s.micle)), strategy)
-    return {"step_seconds": s.batch / summary["examples_per_second"]}
+    return {"seconds": s.batch / summary["examples_per_second"]}
 
 
 def measure_yardstick(s: Setting, steps: int, steps_per_loop: int) -> dict:
@@ -126,7 +103,7 @@ def measure_yardstick(s: Setting, steps: int, steps_per_loop: int) -> dict:
     network.fit(data, steps_per_epoch=steps_per_loop, verbose=0)  # traces
     start = time.perf_counter()
     network.fit(data, steps_per_epoch=steps, verbose=0)
-    return {"step_seconds": (time.perf_counter() - start) / steps}
+    return {"seconds": (time.perf_counter() - start) / steps}
 
 
 def child(job: dict) -> dict:
@@ -135,15 +112,7 @@ def child(job: dict) -> dict:
         found = measure_yardstick(s, job["steps"], job["steps_per_loop"])
     else:
         found = measure_pretraining(s, job["steps"], job["steps_per_loop"], job["data_dir"])
-    return {**found, "peak_rss_gb": _peak_rss_gb()}
-
-
-def run_child(job: dict) -> dict:
-    completed = subprocess.run([sys.executable, os.path.abspath(__file__),
-                                f"--child={json.dumps(job)}"], capture_output=True, text=True)
-    if completed.returncode:
-        raise RuntimeError(f"measurement {job} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return {**found, "peak_rss_gb": alternate.peak_rss_gb()}
 
 
 def jobs(settings: list[Setting], yardstick: bool) -> list[dict]:
@@ -160,10 +129,9 @@ def jobs(settings: list[Setting], yardstick: bool) -> list[dict]:
 
 def summarise(job: dict, runs: list[dict]) -> dict:
     s = Setting(**job["setting"])
-    seconds = [r["step_seconds"] for r in runs]
-    step = statistics.median(seconds)
+    step, spread = alternate.median_and_range([r["seconds"] for r in runs])
     return {"kind": job["kind"], "setting": s.label(), **job["setting"],
-            "step_seconds": step, "step_seconds_range": [min(seconds), max(seconds)],
+            "step_seconds": step, "step_seconds_range": spread,
             "pairs_per_second": s.batch / step, "views_per_second": 2 * s.batch / step,
             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "rounds": runs}
 
@@ -175,8 +143,8 @@ def _yardstick_of(row: dict, rows: list[dict]) -> dict | None:
     return None
 
 
-def compare(rows: list[dict]) -> None:
-    """Adds to each of our rows its ratio to the first row and, where there is a yardstick, our
+def compare(rows: list[dict]) -> list[dict]:
+    """`rows`, each of ours given its ratio to the first row and, where there is a yardstick, our
     per-view step time over its per-image step time (1.0: as fast per image as Keras)."""
     base = rows[0]
     for row in rows:
@@ -186,6 +154,7 @@ def compare(rows: list[dict]) -> None:
         keras_row = _yardstick_of(row, rows)
         row["per_view_vs_keras_per_image"] = (
             keras_row["views_per_second"] / row["views_per_second"] if keras_row else None)
+    return rows
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -215,26 +184,12 @@ def main() -> None:
         return
     settings = [Setting.parse(text) for text in FLAGS.setting]
     todo = jobs(settings, FLAGS.yardstick)
-    info = machine.describe()
-    print(machine.headline(info))
-    runs: list[list[dict]] = [[] for _ in todo]
-    order = []
-    for round_index in range(FLAGS.rounds):
-        for i, job in enumerate(todo):
-            runs[i].append(run_child(job))
-            order.append(i)
-            print(f"round {round_index + 1}/{FLAGS.rounds}: {Setting(**job['setting']).label()}"
-                  f"{' (Keras yardstick)' if job['kind'] == 'yardstick' else ''}: "
-                  f"{runs[i][-1]['step_seconds']:.3f} s/step", flush=True)
-    rows = [summarise(job, r) for job, r in zip(todo, runs)]
-    compare(rows)
-    lines = table(rows)
-    print("\n".join(lines))
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump({"machine": info, "command": sys.argv, "steps": FLAGS.steps,
-                       "steps_per_loop": FLAGS.steps_per_loop, "rounds": FLAGS.rounds,
-                       "order": order, "results": rows, "table": lines}, f, indent=2)
+    alternate.report(
+        todo, FLAGS.rounds, lambda job: alternate.run_child(__file__, job),
+        lambda job: Setting(**job["setting"]).label()
+        + (" (Keras yardstick), s/step" if job["kind"] == "yardstick" else ", s/step"),
+        lambda jobs, runs: compare([summarise(job, r) for job, r in zip(jobs, runs)]), table,
+        FLAGS.output, steps=FLAGS.steps, steps_per_loop=FLAGS.steps_per_loop)
 
 
 if __name__ == "__main__":

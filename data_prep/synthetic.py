@@ -98,17 +98,19 @@ def cache_dir() -> str:
                           os.path.join(os.path.expanduser("~"), ".cache", "simclr_med"))
 
 
-def default_build(root: str | None = None, num_workers: int = 1) -> str:
+def default_build(root: str | None = None, num_workers: int = 1, image_size: int = 64) -> str:
     """The data_prep build of the default synthetic data set, made on first use; returns its folder.
 
-    Built in a temporary folder and moved into place, so concurrent first uses are safe.
+    Built in a temporary folder and moved into place, so concurrent first uses are safe. Another
+    `image_size` than 64 gives the same cases drawn at that size (for input-pipeline benchmarks).
     """
-    target = os.path.join(root or cache_dir(), f"synthetic_cases_v{VERSION}")
+    suffix = "" if image_size == 64 else f"_{image_size}px"
+    target = os.path.join(root or cache_dir(), f"synthetic_cases_v{VERSION}{suffix}")
     if os.path.exists(os.path.join(target, "build", schema.DATASET_INFO_FILE)):
         return os.path.join(target, "build")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     staging = tempfile.mkdtemp(prefix="synthetic_", dir=os.path.dirname(target))
-    manifest = write_image_folder(os.path.join(staging, "raw"))
+    manifest = write_image_folder(os.path.join(staging, "raw"), image_size=image_size)
     build_dataset(BuildConfig(
         format="generic", manifests=(manifest,), image_root=os.path.join(staging, "raw"),
         output_dir=os.path.join(staging, "build"), image_column="path", image_id_column="image_id",

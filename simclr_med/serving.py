@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -79,7 +80,11 @@ class ServedClassifier:
 
     def probabilities(self, encoded: bytes) -> np.ndarray:
         """[classes] probabilities for one encoded PNG or JPEG image."""
-        return self._serve(**{IMAGES: tf.constant([encoded])})[PROBABILITIES].numpy()[0]
+        return self.batch_probabilities([encoded])[0]
+
+    def batch_probabilities(self, encoded: Sequence[bytes]) -> np.ndarray:
+        """[images, classes] probabilities for encoded PNG or JPEG images, in one call."""
+        return self._serve(**{IMAGES: tf.constant(list(encoded))})[PROBABILITIES].numpy()
 
     def saliency(self, encoded: bytes, class_index: int = PREDICTED_CLASS) -> Saliency:
         """The Grad-CAM map of one encoded PNG or JPEG image for `class_index` (-1: the

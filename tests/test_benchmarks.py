@@ -4,6 +4,7 @@ README come from them."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def test_pretrain_step_alternates_the_settings_and_compares_them(tmp_path):
     assert (theirs["micle"], yardstick["depth"], yardstick["batch"]) == (1, 50, 2)
     for row in found["results"]:
         assert len(row["rounds"]) == 2
-        seconds = sorted(r["step_seconds"] for r in row["rounds"])
+        seconds = sorted(r["seconds"] for r in row["rounds"])
         assert row["step_seconds"] == pytest.approx(sum(seconds) / 2)  # the median of two
         assert row["pairs_per_second"] == pytest.approx(row["batch"] / row["step_seconds"])
         assert 0.1 < row["peak_rss_gb"] < 20
@@ -53,3 +54,42 @@ def test_pretrain_step_alternates_the_settings_and_compares_them(tmp_path):
         "Keras ResNet50 supervised, 32 px, 4 images/step, float32")
     assert "\n".join(found["table"]) in completed.stdout
 
+
+
+def test_input_pipeline_pins_each_measurement_to_its_cores(tmp_path):
+    """SimCLR on one core and MICLe with the cxr preset on two, alternating: each child process
+    sees exactly the CPUs it was given, and per-core figures divide by them."""
+    output = tmp_path / "input_pipeline.json"
+    one = "micle=0,augment=simclr,size=32,batch=4,cores=1"
+    two = "micle=1,augment=cxr,size=32,batch=4,cores=2"
+    completed = _bench("input_pipeline.py", f"--setting={one}", f"--setting={two}", "--rounds=2",
+                       "--batches=2", "--warmup=1", f"--output={output}")
+    found = json.loads(output.read_text())
+    assert found["order"] == [0, 1, 0, 1]
+    simclr, micle = found["results"]
+    assert (simclr["micle"], micle["micle"], micle["augment"]) == (0, 1, "cxr")
+    assert simclr["cpus_seen"] == 1 and micle["cpus_seen"] == min(2, len(os.sched_getaffinity(0)))
+    for row in found["results"]:
+        assert [r["cpus"] for r in row["rounds"]] == [row["cpus_seen"]] * 2
+        seconds = sorted(r["seconds"] for r in row["rounds"])
+        assert row["batch_seconds"] == pytest.approx(sum(seconds) / 2)
+        assert row["pairs_per_second"] == pytest.approx(4 / row["batch_seconds"])
+        assert row["pairs_per_second_per_core"] == pytest.approx(
+            row["pairs_per_second"] / row["cores"])
+    assert "\n".join(found["table"]) in completed.stdout
+
+
+def test_inference_times_evaluation_and_serving(tmp_path):
+    output = tmp_path / "inference.json"
+    completed = _bench("inference.py", "--setting=depth=18,width=0.25,size=32,batch=4,cores=1",
+                       "--rounds=2", "--images=8", f"--output={output}")
+    found = json.loads(output.read_text())
+    (row,) = found["results"]
+    assert found["order"] == [0, 0] and len(row["rounds"]) == 2
+    for path in ("eval", "serving"):
+        per_image = sorted(r[f"{path}_seconds_per_image"] for r in row["rounds"])
+        assert row[f"{path}_images_per_second"] == pytest.approx(2 / sum(per_image))
+        low, high = row[f"{path}_images_per_second_range"]
+        assert low == pytest.approx(1 / per_image[1]) and high == pytest.approx(1 / per_image[0])
+    assert found["table"][1].startswith("depth=18,width=0.25,size=32,batch=4,cores=1")
+    assert "\n".join(found["table"]) in completed.stdout

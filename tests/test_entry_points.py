@@ -63,6 +63,10 @@ CASES = {
                               "unexpected arguments: extra"),
     "pretrain_step.py": (lambda d: ["bench/pretrain_step.py", "--setting=depth=18,colour=1"],
                          "expected key=value with a key among depth, width"),
+    "input_pipeline.py": (lambda d: ["bench/input_pipeline.py", "--setting=size=big"],
+                          "size must be an int, got 'big'"),
+    "inference.py": (lambda d: ["bench/inference.py", "--setting=depth"],
+                     "expected key=value with a key among depth, width, size"),
 }
 
 

@@ -37,12 +37,6 @@ def model_folder(directory, names: tuple[str, ...], task: str = "multiclass",
 def save_model_folder(directory, model, names: tuple[str, ...], task: str = "multiclass",
                       step: int = 1) -> str:
     """Saves `model` (a SimCLRModel with a head for `names`) as a model folder."""
-    import tensorflow as tf
+    from simclr_med.checkpoints import trained_model
 
-    from simclr_med.checkpoints import native
-
-    native.ModelRecord(model.config, len(names), task, tuple(names), "finetune").save(
-        str(directory))
-    checkpoint = native.make_checkpoint(model, global_step=tf.Variable(step, dtype=tf.int64))
-    tf.train.CheckpointManager(checkpoint, str(directory), 1).save(checkpoint_number=step)
-    return str(directory)
+    return trained_model.save(str(directory), model, tuple(names), task, step)

@@ -63,6 +63,16 @@ def load(model_dir: str, checkpoint: str = "auto",
     return TrainedModel(model, record, prefix, restore(model, prefix))
 
 
+def save(model_dir: str, model: SimCLRModel, class_names: tuple[str, ...], task: str,
+         step: int, source: str = "finetune") -> str:
+    """Writes `model` (with a head for `class_names`) as a model folder that `load` reads:
+    model_config.json and one checkpoint at `step`."""
+    native.ModelRecord(model.config, len(class_names), task, class_names, source).save(model_dir)
+    checkpoint = native.make_checkpoint(model, global_step=tf.Variable(step, dtype=tf.int64))
+    tf.train.CheckpointManager(checkpoint, model_dir, 1).save(checkpoint_number=step)
+    return model_dir
+
+
 def restore(model: SimCLRModel, prefix: str) -> int:
     """Restores every variable of `model` (optimizer state is ignored); returns the step, 0 for a
     checkpoint without one (a convert_checkpoint output).

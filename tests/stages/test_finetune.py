@@ -177,7 +177,10 @@ def test_nih_model_evaluates_on_a_chexpert_build_through_the_shared_labels(
     assert "Pleural_Thickening" in result["not_evaluated"]["model"]
     assert result["not_evaluated"]["data"] == []
     shifted = result["metrics"]["auc/Pleural Effusion"]["value"]
-    assert shifted == pytest.approx(nih_result["metrics"]["auc/Effusion"]["value"], abs=1e-9)
+    # The same images, in other batches: on some CPUs (AVX2 without AVX-512, seen) oneDNN's
+    # float32 kernels round differently by batch size, which can swap two near-tied scores
+    # (measured: 7.6e-5 of AUC); another label's AUC differs by far more.
+    assert shifted == pytest.approx(nih_result["metrics"]["auc/Effusion"]["value"], abs=1e-3)
     with open(tmp_path / "shift" / "predictions_train.csv") as f:
         edema = [row["label/Edema"] for row in csv.DictReader(f)]
     assert "" in edema and {"0", "1"} & set(edema)  # uncertain entries are masked, not negative
