@@ -94,7 +94,7 @@ def _serving_seconds(model_dir: str, s: Setting, images: int, directory: str) ->
 
 
 def measure(s: Setting, images: int) -> dict:
-    data_dir = synthetic.default_build(image_size=64 if s.size <= 64 else 256)
+    data_dir = synthetic.default_build(image_size=synthetic.stored_size_for(s.size))
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = _model_folder(s, open_build(data_dir).info.names,
                                   os.path.join(scratch, "model"))
@@ -136,7 +136,7 @@ def main() -> None:
         return
     settings = [alternate.parse_setting(Setting, text) for text in FLAGS.setting]
     for s in settings:  # built once, before the timed processes
-        synthetic.default_build(image_size=64 if s.size <= 64 else 256)
+        synthetic.default_build(image_size=synthetic.stored_size_for(s.size))
     jobs = [{"setting": dataclasses.asdict(s), "images": FLAGS.images} for s in settings]
     alternate.report(
         jobs, FLAGS.rounds,

@@ -50,7 +50,7 @@ class Setting:
         return alternate.label(self, always=("micle", "augment", "size", "cores"))
 
     def stored_size(self) -> int:
-        return self.stored or (64 if self.size <= 64 else 256)
+        return self.stored or synthetic.stored_size_for(self.size)
 
 
 def measure(s: Setting, data_dir: str, batches: int, warmup: int) -> dict:

@@ -98,6 +98,11 @@ def cache_dir() -> str:
                           os.path.join(os.path.expanduser("~"), ".cache", "simclr_med"))
 
 
+def stored_size_for(output_size: int) -> int:
+    """The synthetic images a benchmark at `output_size` px reads: 64 px up to 64, else 256."""
+    return 64 if output_size <= 64 else 256
+
+
 def default_build(root: str | None = None, num_workers: int = 1, image_size: int = 64) -> str:
     """The data_prep build of the default synthetic data set, made on first use; returns its folder.
 
