@@ -62,6 +62,10 @@ flags.DEFINE_float("batch_norm_decay", ModelConfig.batch_norm_decay,
 flags.DEFINE_float("batch_norm_epsilon", ModelConfig.batch_norm_epsilon, "Batch-norm epsilon.")
 flags.DEFINE_boolean("global_bn", ModelConfig.global_bn,
                      "Synchronise batch-norm statistics across replicas.")
+flags.DEFINE_boolean("fused_batch_norm", ModelConfig.fused_batch_norm,
+                     "Train batch norm with TensorFlow's fused kernel where the statistics are "
+                     "one replica's (faster; bfloat16 activations stay bfloat16); "
+                     "--nofused_batch_norm: Keras 3's layer throughout.")
 flags.DEFINE_enum("proj_head_mode", ModelConfig.proj_head_mode, list(PROJ_HEAD_MODES),
                   "Projection head type.")
 flags.DEFINE_integer("num_proj_layers", ModelConfig.num_proj_layers,

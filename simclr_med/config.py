@@ -26,6 +26,9 @@ class ModelConfig:
     batch_norm_decay: float = 0.9
     batch_norm_epsilon: float = 1e-5
     global_bn: bool = True
+    # TensorFlow's fused batch-norm kernel in training (faster, bfloat16 activations stay
+    # bfloat16); False: Keras 3's layer throughout, as earlier versions trained.
+    fused_batch_norm: bool = True
     proj_head_mode: str = "nonlinear"  # one of PROJ_HEAD_MODES
     num_proj_layers: int = 3
     proj_out_dim: int = 128

@@ -41,6 +41,11 @@ class BatchNormSettings:
     momentum: float = 0.9
     epsilon: float = 1e-5
     synchronized: bool = True
+    fused: bool = True  # TensorFlow's fused kernel in training where it applies (BatchNormRelu)
+
+
+# cuDNN's smallest epsilon; tf.keras's fused batch norm (the reference's) raised it the same way.
+FUSED_MIN_EPSILON = 1.001e-5
 
 
 def track_layers(owner: keras.layers.Layer, prefix: str, layers: list) -> list:
@@ -62,12 +67,23 @@ def conv_initializer() -> keras.initializers.Initializer:
 
 
 class BatchNormRelu(keras.layers.Layer):
-    """Batch normalisation, optionally followed by ReLU; gamma starts at zero when `init_zero`."""
+    """Batch normalisation, optionally followed by ReLU; gamma starts at zero when `init_zero`.
+
+    With `bn.fused`, training on images (4-D inputs) whose statistics are this replica's own (one
+    replica, or `synchronized=False`) runs TensorFlow's fused kernel (FusedBatchNormV3, what
+    tf.keras's `fused=True` and the reference ran) on the Keras layer's own variables. Keras 3's
+    layer instead upcasts the activations to float32 and normalises them in separate element-wise
+    ops, each keeping a full float32 tensor for the backward pass: the fused kernel is faster and
+    keeps bfloat16 activations in bfloat16 (statistics still in float32). The moving statistics
+    are updated exactly as Keras updates them; inference and synchronised statistics across
+    replicas take the Keras layer.
+    """
 
     def __init__(self, bn: BatchNormSettings, relu: bool = True, init_zero: bool = False,
                  center: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.relu = relu
+        self.fused = bn.fused
         self.bn = keras.layers.BatchNormalization(
             axis=-1, momentum=bn.momentum, epsilon=bn.epsilon, center=center, scale=True,
             gamma_initializer="zeros" if init_zero else "ones", synchronized=bn.synchronized)
@@ -76,8 +92,33 @@ class BatchNormRelu(keras.layers.Layer):
         self.bn.build(input_shape)
 
     def call(self, inputs, training=False):
-        outputs = self.bn(inputs, training=training)
+        if training and self.bn.trainable and self._fused_applies(inputs):
+            outputs = self._fused_training(inputs)
+        else:
+            outputs = self.bn(inputs, training=training)
         return tf.nn.relu(outputs) if self.relu else outputs
+
+    def _fused_applies(self, inputs) -> bool:
+        local = (not self.bn.synchronized
+                 or tf.distribute.get_strategy().num_replicas_in_sync == 1)
+        return self.fused and local and len(inputs.shape) == 4
+
+    def _fused_training(self, inputs):
+        bn = self.bn
+        gamma = tf.convert_to_tensor(bn.gamma)
+        beta = tf.convert_to_tensor(bn.beta) if bn.center else tf.zeros_like(gamma)
+        empty = tf.constant([], tf.float32)
+        outputs, mean, variance = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=gamma, offset=beta, mean=empty, variance=empty,
+            epsilon=max(bn.epsilon, FUSED_MIN_EPSILON), exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=True)[:3]
+        # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+        bn.moving_mean.assign(bn.moving_mean * bn.momentum + mean * (1.0 - bn.momentum))
+        bn.moving_variance.assign(
+            bn.moving_variance * bn.momentum + variance * (1.0 - bn.momentum))
+        return outputs
 
 
 class FixedPaddingConv2D(keras.layers.Layer):

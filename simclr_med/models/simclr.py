@@ -27,7 +27,8 @@ class SimCLRModel(keras.Model):
         self.config = config
         self.num_classes = num_classes
         self.stop_gradient_to_head = stop_gradient_to_head
-        bn = BatchNormSettings(config.batch_norm_decay, config.batch_norm_epsilon, config.global_bn)
+        bn = BatchNormSettings(config.batch_norm_decay, config.batch_norm_epsilon, config.global_bn,
+                               config.fused_batch_norm)
         self.resnet = ResNet(config.resnet_depth, config.width_multiplier, config.sk_ratio,
                              cifar_stem=config.image_size <= CIFAR_STEM_MAX_SIZE, bn=bn)
         self.projection_head = ProjectionHead(config.proj_head_mode, config.num_proj_layers,
