@@ -38,13 +38,9 @@ import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
 import alternate  # noqa: E402  (bench/alternate.py, beside this script)
-from data_prep import synthetic  # noqa: E402
 from flags import pretrain_step_flags  # noqa: E402,F401  (defines the flags)
-from simclr_med.config import (ModelConfig, OptimConfig, PretrainConfig,  # noqa: E402
-                               StrategyConfig, TrainConfig)
-from simclr_med.data import augment  # noqa: E402
-from simclr_med.data.reader import open_build  # noqa: E402
-from simclr_med.stages.pretrain import pretrain  # noqa: E402
+from pretrain_setting import Setting, pretrain_run  # noqa: E402
+from simclr_med.config import StrategyConfig  # noqa: E402
 from simclr_med.training.strategy import build_strategy  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -52,40 +48,9 @@ YARDSTICK_DEPTHS = (50, 101, 152)
 YARDSTICK_KEYS = ("depth", "size", "batch", "precision", "jit")  # what a yardstick shares with its setting
 
 
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    depth: int = 50
-    width: float = 1.0
-    size: int = 224
-    batch: int = 32  # pairs
-    precision: str = "float32"
-    micle: int = 0
-    replicas: int = 1
-    augment: str = "simclr"
-    blur: int = 1
-    jit: int = 0  # XLA-compiled step (--jit_compile)
-
-    @classmethod
-    def parse(cls, text: str) -> "Setting":
-        return alternate.parse_setting(cls, text)
-
-    def label(self) -> str:
-        return alternate.label(self, always=("depth", "size", "batch"))
-
-
 def measure_pretraining(s: Setting, steps: int, steps_per_loop: int, data_dir: str) -> dict:
-    strategy = build_strategy(StrategyConfig(
-        strategy="mirrored" if s.replicas > 1 else "default",
-        num_cpu_devices=s.replicas if s.replicas > 1 else 0, precision=s.precision))
-    views = augment.preset(s.augment, **({} if s.blur else {"blur_prob": 0.0}))
     with tempfile.TemporaryDirectory() as model_dir:
-        summary = pretrain(
-            ModelConfig(resnet_depth=s.depth, width_multiplier=s.width, image_size=s.size),
-            OptimConfig(), views, open_build(data_dir or synthetic.default_build()),
-            TrainConfig(model_dir=model_dir, train_batch_size=s.batch,
-                        train_steps=steps + steps_per_loop, steps_per_loop=steps_per_loop,
-                        checkpoint_steps=10**9, jit_compile=bool(s.jit)),
-            PretrainConfig(use_micle=bool(s.micle)), strategy)
+        summary = pretrain_run(s, steps + steps_per_loop, steps_per_loop, data_dir, model_dir)
     return {"seconds": s.batch / summary["examples_per_second"]}
 
 
@@ -158,14 +123,15 @@ def compare(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = [f"{'setting':52s} {'pairs/s':>8s} {'views/s':>8s} {'range pairs/s':>14s} "
+    width = max([52] + [len(row["setting"]) for row in rows])
+    lines = [f"{'setting':{width}s} {'pairs/s':>8s} {'views/s':>8s} {'range pairs/s':>14s} "
              f"{'peak GB':>7s} {'ratio':>6s} {'vs Keras':>8s}"]
     for row in rows:
         if row["kind"] == "yardstick":
             continue
         low, high = (row["batch"] / t for t in reversed(row["step_seconds_range"]))
         versus = row["per_view_vs_keras_per_image"]
-        lines.append(f"{row['setting']:52s} {row['pairs_per_second']:8.2f} "
+        lines.append(f"{row['setting']:{width}s} {row['pairs_per_second']:8.2f} "
                      f"{row['views_per_second']:8.2f} {low:6.2f}-{high:<7.2f} "
                      f"{row['peak_rss_gb']:7.2f} {row['ratio_to_baseline']:6.2f} "
                      + (f"{versus:8.2f}" if versus else f"{'-':>8s}"))

@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.subprocess
@@ -92,4 +93,31 @@ def test_inference_times_evaluation_and_serving(tmp_path):
         low, high = row[f"{path}_images_per_second_range"]
         assert low == pytest.approx(1 / per_image[1]) and high == pytest.approx(1 / per_image[0])
     assert found["table"][1].startswith("depth=18,width=0.25,size=32,batch=4,cores=1")
+    assert "\n".join(found["table"]) in completed.stdout
+
+
+def test_loss_curve_pairs_the_seeds_of_each_precision(tmp_path):
+    """float32 and bfloat16, seeds 0 and 1, alternating; each run trains in the precision it is
+    given; the tail means, the paired difference and the verdict are those of the curves."""
+    output, picture = tmp_path / "loss_curve.json", tmp_path / "loss_curve.png"
+    completed = _bench("loss_curve.py", "--setting=depth=18,width=0.25,size=32,batch=4",
+                       "--seeds=2", "--steps=6", "--steps_per_loop=2", "--tail=0.5",
+                       f"--output={output}", f"--plot={picture}")
+    found = json.loads(output.read_text())
+    assert found["order"] == [0, 1, 2, 3]
+    reference, bfloat16 = found["results"]
+    assert [reference["computed_in"], bfloat16["computed_in"]] == ["float32", "mixed_bfloat16"]
+    tails = {}
+    for row in found["results"]:
+        curves = np.array(row["curves"])
+        assert row["steps"] == [2, 4, 6] and curves.shape == (2, 3)
+        assert np.isfinite(curves).all()
+        tails[row["precision"]] = curves[:, -2:].mean(axis=1)  # round(0.5 * 3) = 2 points
+        assert row["tail_means"] == pytest.approx(tails[row["precision"]].tolist())
+        assert row["seed_sd"] == pytest.approx(np.std(tails[row["precision"]], ddof=1))
+    paired = tails["mixed_bfloat16"] - tails["float32"]
+    assert bfloat16["difference"] == pytest.approx(paired.mean())
+    assert bfloat16["difference_se"] == pytest.approx(np.std(paired, ddof=1) / np.sqrt(2))
+    assert bfloat16["within_noise"] == (abs(paired.mean()) <= reference["seed_sd"])
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "\n".join(found["table"]) in completed.stdout

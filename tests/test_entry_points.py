@@ -65,6 +65,8 @@ CASES = {
                          "expected key=value with a key among depth, width"),
     "input_pipeline.py": (lambda d: ["bench/input_pipeline.py", "--setting=size=big"],
                           "size must be an int, got 'big'"),
+    "loss_curve.py": (lambda d: ["bench/loss_curve.py", "--precisions=float32,float64"],
+                      "--precisions must be among auto, float32"),
     "inference.py": (lambda d: ["bench/inference.py", "--setting=depth"],
                      "expected key=value with a key among depth, width, size"),
 }
