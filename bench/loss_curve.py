@@ -97,6 +97,9 @@ def compare(precisions: list[str], curves: dict[str, np.ndarray], tail: float) -
 
 def summarise(jobs: list[dict], runs: list[list[dict]]) -> list[dict]:
     precisions = list(dict.fromkeys(job["setting"]["precision"] for job in jobs))
+    steps = {tuple(r[0]["steps"]) for r in runs}
+    if len(steps) > 1:
+        raise RuntimeError(f"the runs logged at different steps: {sorted(steps)}")
     curves = {p: np.array([r[0]["loss"] for job, r in zip(jobs, runs)
                            if job["setting"]["precision"] == p]) for p in precisions}
     rows = compare(precisions, curves, FLAGS.tail)
@@ -148,9 +151,9 @@ def main() -> None:
         return
     base = Setting.parse(FLAGS.setting)
     unknown = [p for p in FLAGS.precisions if p not in PRECISIONS]
-    if unknown or FLAGS.seeds < 1:
+    if unknown or FLAGS.seeds < 1 or not 0 < FLAGS.tail <= 1:
         raise UserError(f"--precisions must be among {', '.join(PRECISIONS)} (got "
-                        f"{', '.join(FLAGS.precisions)}) and --seeds at least 1")
+                        f"{', '.join(FLAGS.precisions)}), --seeds at least 1 and --tail in (0, 1]")
     jobs = [{"setting": dataclasses.asdict(dataclasses.replace(base, precision=precision)),
              "seed": seed, "steps": FLAGS.steps, "steps_per_loop": FLAGS.steps_per_loop,
              "data_dir": FLAGS.data_dir}

@@ -48,6 +48,12 @@ class BatchNormSettings:
 FUSED_MIN_EPSILON = 1.001e-5
 
 
+def fused_epsilon(epsilon: float) -> float:
+    """The fused kernel's epsilon: the layer's own, raised to cuDNN's minimum where GPUs are
+    visible (elsewhere training normalises exactly as inference and Keras's layer do)."""
+    return max(epsilon, FUSED_MIN_EPSILON) if tf.config.list_logical_devices("GPU") else epsilon
+
+
 def track_layers(owner: keras.layers.Layer, prefix: str, layers: list) -> list:
     """Gives each layer of a list its own attribute `<prefix><i>` and returns the list.
 
@@ -110,10 +116,11 @@ class BatchNormRelu(keras.layers.Layer):
         empty = tf.constant([], tf.float32)
         outputs, mean, variance = tf.raw_ops.FusedBatchNormV3(
             x=inputs, scale=gamma, offset=beta, mean=empty, variance=empty,
-            epsilon=max(bn.epsilon, FUSED_MIN_EPSILON), exponential_avg_factor=1.0,
+            epsilon=fused_epsilon(bn.epsilon), exponential_avg_factor=1.0,
             data_format="NHWC", is_training=True)[:3]
         # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
-        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+        count = tf.cast(tf.size(inputs, out_type=tf.int64) // tf.shape(inputs, out_type=tf.int64)[-1],
+                        tf.float32)
         variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
         bn.moving_mean.assign(bn.moving_mean * bn.momentum + mean * (1.0 - bn.momentum))
         bn.moving_variance.assign(
