@@ -111,12 +111,14 @@ demo: $(STAMP)
 	@echo "The evaluation's report (open it in a browser): $(DEMO_DIR)/finetune/report_test.html"
 
 # The short benchmarks (a few minutes), each alternating its settings in fresh processes:
-# the pretraining step of ResNet-18 at 32 px in float32 and with XLA; the input
+# the pretraining step of ResNet-18 at 32 px in float32 with Keras's and the fused batch norm,
+# and with XLA; the input
 # pipeline alone on one core (SimCLR and MICLe, 64 px); evaluation and serving of ResNet-18 at
 # 64 px. With no --setting each script runs the README's full table.
 # (bfloat16: add --setting=...,precision=mixed_bfloat16; 10x slower where it is emulated.)
-BENCH_SHORT := --setting=depth=18,size=32,batch=64,blur=0 \
-  --setting=depth=18,size=32,batch=64,blur=0,jit=1 --rounds=2 --steps=8
+BENCH_SHORT := --setting=depth=18,size=32,batch=64,blur=0,fused_bn=0 \
+  --setting=depth=18,size=32,batch=64,blur=0 --setting=depth=18,size=32,batch=64,blur=0,jit=1 \
+  --rounds=2 --steps=8
 BENCH_INPUT := --setting=micle=0,augment=simclr,size=64 --setting=micle=1,augment=cxr,size=64 \
   --rounds=2
 BENCH_INFERENCE := --setting=depth=18,size=64 --rounds=2

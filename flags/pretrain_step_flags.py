@@ -5,11 +5,14 @@ from __future__ import annotations
 from absl import flags
 
 flags.DEFINE_multi_string(
-    "setting", ["depth=18,size=32,batch=64,blur=0", "depth=50,size=224,batch=32",
+    "setting", ["depth=50,size=224,batch=32,precision=float32,fused_bn=0",
+                "depth=50,size=224,batch=32,precision=float32",
+                "depth=50,size=224,batch=32,precision=mixed_bfloat16,fused_bn=0",
                 "depth=50,size=224,batch=32,precision=mixed_bfloat16"],
     "A setting to measure (repeat the flag for several; the first is the baseline of the "
     "ratios): comma-separated key=value of depth, width, size, batch, precision, micle (0/1), "
-    "replicas (> 1: mirrored over that many logical CPUs), augment (a preset), blur (0/1).")
+    "replicas (> 1: mirrored over that many logical CPUs), augment (a preset), blur (0/1), jit "
+    "(0/1: --jit_compile), fused_bn (0/1: --fused_batch_norm). The default: the README's table.")
 flags.DEFINE_integer("rounds", 2, "Rounds: each runs every setting once, in order.")
 flags.DEFINE_integer("steps", 8, "Timed steps per measurement (after one traced loop).")
 flags.DEFINE_integer("steps_per_loop", 4, "Steps per tf.function call.")
