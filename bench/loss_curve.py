@@ -17,9 +17,11 @@ noise. "Within noise" means the precision moves the loss less than another seed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import pathlib
 import sys
 import tempfile
 
@@ -28,9 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flags import entry_point  # noqa: E402
 
 entry_point.import_tensorflow_quietly()
-
-import dataclasses  # noqa: E402
-import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -100,13 +99,14 @@ def summarise(jobs: list[dict], runs: list[list[dict]]) -> list[dict]:
     steps = {tuple(r[0]["steps"]) for r in runs}
     if len(steps) > 1:
         raise RuntimeError(f"the runs logged at different steps: {sorted(steps)}")
-    curves = {p: np.array([r[0]["loss"] for job, r in zip(jobs, runs)
-                           if job["setting"]["precision"] == p]) for p in precisions}
-    rows = compare(precisions, curves, FLAGS.tail)
+    own = {p: [r[0] for job, r in zip(jobs, runs) if job["setting"]["precision"] == p]
+           for p in precisions}
+    rows = compare(precisions, {p: np.array([r["loss"] for r in own[p]]) for p in precisions},
+                   FLAGS.tail)
     for row in rows:
-        own = [r[0] for job, r in zip(jobs, runs) if job["setting"]["precision"] == row["precision"]]
-        row.update({"steps": own[0]["steps"], "step_seconds": alternate.median_and_range(
-            [r["seconds"] for r in own])[0], "computed_in": own[0]["precision"]})
+        first = own[row["precision"]][0]
+        row.update({"steps": first["steps"], "step_seconds": alternate.median_and_range(
+            [r["seconds"] for r in own[row["precision"]]])[0], "computed_in": first["precision"]})
     return rows
 
 

@@ -119,12 +119,10 @@ class BatchNormRelu(keras.layers.Layer):
             epsilon=fused_epsilon(bn.epsilon), exponential_avg_factor=1.0,
             data_format="NHWC", is_training=True)[:3]
         # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
-        count = tf.cast(tf.size(inputs, out_type=tf.int64) // tf.shape(inputs, out_type=tf.int64)[-1],
-                        tf.float32)
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs, out_type=tf.int64)[:-1]), tf.float32)
         variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
-        bn.moving_mean.assign(bn.moving_mean * bn.momentum + mean * (1.0 - bn.momentum))
-        bn.moving_variance.assign(
-            bn.moving_variance * bn.momentum + variance * (1.0 - bn.momentum))
+        for average, batch_value in ((bn.moving_mean, mean), (bn.moving_variance, variance)):
+            average.assign(average * bn.momentum + batch_value * (1.0 - bn.momentum))
         return outputs
 
 
