@@ -38,7 +38,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import alternate  # noqa: E402  (bench/alternate.py, beside this script)
 from flags import loss_curve_flags  # noqa: E402,F401  (defines the flags)
-from pretrain_setting import Setting, pretrain_run  # noqa: E402
+from pretrain_setting import Setting, pretrain_run, set_op_threads  # noqa: E402
 from simclr_med.config import PRECISIONS  # noqa: E402
 from simclr_med.errors import UserError  # noqa: E402
 
@@ -59,6 +59,7 @@ def logged_losses(model_dir: str) -> tuple[list[int], list[float]]:
 
 def child(job: dict) -> dict:
     s = Setting(**job["setting"])
+    set_op_threads(s)
     with tempfile.TemporaryDirectory() as model_dir:
         summary = pretrain_run(s, job["steps"], job["steps_per_loop"], job["data_dir"],
                                model_dir, seed=job["seed"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import tensorflow as tf
+
 import alternate  # bench/alternate.py, beside this module
 from data_prep import synthetic
 from simclr_med.config import (ModelConfig, OptimConfig, PretrainConfig, StrategyConfig,
@@ -28,6 +30,9 @@ class Setting:
     blur: int = 1
     jit: int = 0  # XLA-compiled step (--jit_compile)
     fused_bn: int = 1  # --fused_batch_norm
+    input_threads: int = 0  # --input_threads (0: tf.data's shared pool)
+    intra: int = 0  # TensorFlow's intra-op threads (0: its default, one per core)
+    inter: int = 0  # TensorFlow's inter-op threads (0: its default)
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
@@ -35,6 +40,14 @@ class Setting:
 
     def label(self) -> str:
         return alternate.label(self, always=("depth", "size", "batch"))
+
+
+def set_op_threads(s: Setting) -> None:
+    """TensorFlow's op thread pools of `s` (before TensorFlow runs its first op)."""
+    if s.intra:
+        tf.config.threading.set_intra_op_parallelism_threads(s.intra)
+    if s.inter:
+        tf.config.threading.set_inter_op_parallelism_threads(s.inter)
 
 
 def pretrain_run(s: Setting, steps: int, steps_per_loop: int, data_dir: str, model_dir: str,
@@ -53,5 +66,5 @@ def pretrain_run(s: Setting, steps: int, steps_per_loop: int, data_dir: str, mod
         OptimConfig(), views, open_build(build),
         TrainConfig(model_dir=model_dir, train_batch_size=s.batch, train_steps=steps,
                     steps_per_loop=steps_per_loop, checkpoint_steps=10**9, seed=seed,
-                    jit_compile=bool(s.jit)),
+                    jit_compile=bool(s.jit), input_threads=s.input_threads),
         PretrainConfig(use_micle=bool(s.micle)), strategy)

@@ -39,7 +39,7 @@ from absl import flags  # noqa: E402
 
 import alternate  # noqa: E402  (bench/alternate.py, beside this script)
 from flags import pretrain_step_flags  # noqa: E402,F401  (defines the flags)
-from pretrain_setting import Setting, pretrain_run  # noqa: E402
+from pretrain_setting import Setting, pretrain_run, set_op_threads  # noqa: E402
 from simclr_med.config import StrategyConfig  # noqa: E402
 from simclr_med.training.strategy import build_strategy  # noqa: E402
 
@@ -73,6 +73,7 @@ def measure_yardstick(s: Setting, steps: int, steps_per_loop: int) -> dict:
 
 def child(job: dict) -> dict:
     s = Setting(**job["setting"])
+    set_op_threads(s)
     if job["kind"] == "yardstick":
         found = measure_yardstick(s, job["steps"], job["steps_per_loop"])
     else:

@@ -44,6 +44,10 @@ flags.DEFINE_string("tfds_dataset", DataConfig.tfds_dataset,
 flags.DEFINE_string("tfds_data_dir", DataConfig.tfds_data_dir, "TFDS data folder.")
 flags.DEFINE_integer("shuffle_buffer", TrainConfig.shuffle_buffer,
                      "Shuffle buffer of training examples.")
+flags.DEFINE_integer("input_threads", TrainConfig.input_threads, "> 0: the training input "
+                     "pipeline runs on a private pool of this many threads; 0: on tf.data's "
+                     "shared pool, one thread per core (see the README's Performance).",
+                     lower_bound=0)
 flags.DEFINE_boolean("verify_data", DataConfig.verify_data, "Check the SHA-256 of every shard of "
                      "--data_dir against its dataset_info.json before starting (reads the "
                      "whole build); without it only the shard sizes are checked.")

@@ -164,6 +164,7 @@ class TrainConfig:
     checkpoint_steps: int = 0  # 0: once per epoch of the training data
     keep_checkpoint_max: int = 5
     shuffle_buffer: int = 2048  # training examples (images, or case bags for MICLe)
+    input_threads: int = 0  # > 0: the input pipeline's own thread pool of this size (0: tf.data's)
     run_steps: int = 0  # end this invocation after this many steps (0: go to the last step)
     init_checkpoint: str = ""  # weights to start from: this package's model folder or an official one
     seed: int = 0

@@ -23,7 +23,8 @@ from absl import logging
 
 from simclr_med.config import AugmentConfig
 from simclr_med.data import augment, preprocess, schema
-from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, read_images, shuffled_epochs
+from simclr_med.data.reader import (AUTOTUNE, Source, epoch_reader, finish, read_images,
+                                    shuffled_epochs)
 from simclr_med.errors import UserError
 
 LABEL_FIELDS = ("class_id", "labels", "label_mask")
@@ -39,6 +40,7 @@ class LabelledSpec:
     label_fraction: float = 1.0
     seed: int = 0
     shuffle_buffer: int = 2048
+    threads: int = 0  # the pipeline's private thread pool (0: tf.data's shared one)
     keep_ids: bool = False  # keep image and patient ids (strings) in the batches, for inspection
 
 
@@ -97,7 +99,7 @@ def training_dataset(source: Source, split: str, spec: LabelledSpec, batch_size:
         return example
 
     examples = images.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return examples.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return finish(examples, batch_size, spec.threads)
 
 
 def _identified(source: Source, split: str, label_fraction: float) -> tf.data.Dataset:

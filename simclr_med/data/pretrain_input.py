@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from simclr_med.config import AugmentConfig
 from simclr_med.data import augment, micle, preprocess
-from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, shuffled_epochs
+from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, finish, shuffled_epochs
 
 # Per-image label fields that follow the chosen images into the pair.
 _LABEL_FIELDS = ("class_id", "labels", "label_mask")
@@ -32,6 +32,7 @@ class PairSpec:
     image_size: int
     seed: int = 0
     shuffle_buffer: int = 2048
+    threads: int = 0  # the pipeline's private thread pool (0: tf.data's shared one)
     keep_ids: bool = False  # keep case and image ids (strings) in the elements, for inspection
 
 
@@ -92,4 +93,4 @@ def pair_dataset(source: Source, split: str, spec: PairSpec, batch_size: int, *,
         return make_pair(bag, seed, spec)
 
     pairs = pairs.map(to_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return pairs.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return finish(pairs, batch_size, spec.threads)

@@ -204,6 +204,17 @@ def shuffled_epochs(read: Callable[[tf.Tensor], tf.data.Dataset], *, seed: int,
     return epochs.flat_map(epoch).enumerate(start=first_epoch * size).skip(offset)
 
 
+def finish(dataset: tf.data.Dataset, batch_size: int, threads: int = 0) -> tf.data.Dataset:
+    """Batches of a training stream, prefetched; with `threads` > 0 its ops run on a private
+    pool of that many threads rather than on tf.data's shared one (sized to the cores)."""
+    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    if threads > 0:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        dataset = dataset.with_options(options)
+    return dataset
+
+
 def _epoch_length(one_epoch: tf.data.Dataset, count_all: bool) -> int:
     """Elements in an epoch (1 when only checking that there is one, `count_all=False`)."""
     counted = one_epoch if count_all else one_epoch.take(1)

@@ -186,7 +186,7 @@ def finetune(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
     trainer.begin(record, flag_values)
 
     spec = LabelledSpec(augment, model_config.image_size, config.label_fraction, train.seed,
-                        train.shuffle_buffer)
+                        train.shuffle_buffer, threads=train.input_threads)
 
     make_dataset = distributed_input(strategy, batch,
                                      functools.partial(training_dataset, source, split, spec))

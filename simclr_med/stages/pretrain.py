@@ -110,7 +110,7 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
 
     spec = PairSpec(use_micle=pretrain_config.use_micle, augment=augment,
                     image_size=model_config.image_size, seed=train.seed,
-                    shuffle_buffer=train.shuffle_buffer)
+                    shuffle_buffer=train.shuffle_buffer, threads=train.input_threads)
 
     make_dataset = distributed_input(strategy, batch,
                                      functools.partial(pair_dataset, source, split, spec))
