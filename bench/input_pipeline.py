@@ -4,7 +4,8 @@
         [--rounds=2] [--batches=20] [--data_dir=BUILD] [--output=input_pipeline.json]
 
 Each measurement draws `pair_dataset` batches (read the case or image, pick the pair, decode, two
-augmented views, batch) as fast as it can, in a fresh process pinned to `cores` CPUs, so that
+augmented views, batch; with `augment_on=device` two uint8 crops instead, the rest of the views'
+work being the training step's) as fast as it can, in a fresh process pinned to `cores` CPUs, so that
 TensorFlow sizes its thread pools (tf.data's included) to them. Pairs/s per core over the pairs/s
 a training step consumes (bench/pretrain_step.py) is how many host cores one accelerator needs.
 Without --data_dir it reads the synthetic case set (1-4 grey-level PNG views per case) built with
@@ -45,6 +46,7 @@ class Setting:
     batch: int = 32  # pairs
     cores: int = 1
     stored: int = 0  # synthetic images' size; 0: 64 up to 64 px outputs, else 256
+    augment_on: str = "host"  # device: the host's share of --augment_on=device (uint8 crops)
 
     def label(self) -> str:
         return alternate.label(self, always=("micle", "augment", "size", "cores"))
@@ -55,7 +57,7 @@ class Setting:
 
 def measure(s: Setting, data_dir: str, batches: int, warmup: int) -> dict:
     spec = PairSpec(use_micle=bool(s.micle), augment=augment.preset(s.augment),
-                    image_size=s.size)
+                    image_size=s.size, augment_on=s.augment_on)
     iterator = iter(pair_dataset(open_build(data_dir), "train", spec, s.batch))
     for _ in range(warmup):
         next(iterator)

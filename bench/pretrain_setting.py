@@ -33,6 +33,7 @@ class Setting:
     input_threads: int = 0  # --input_threads (0: tf.data's shared pool)
     intra: int = 0  # TensorFlow's intra-op threads (0: its default, one per core)
     inter: int = 0  # TensorFlow's inter-op threads (0: its default)
+    augment_on: str = "host"  # --augment_on
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
@@ -67,4 +68,4 @@ def pretrain_run(s: Setting, steps: int, steps_per_loop: int, data_dir: str, mod
         TrainConfig(model_dir=model_dir, train_batch_size=s.batch, train_steps=steps,
                     steps_per_loop=steps_per_loop, checkpoint_steps=10**9, seed=seed,
                     jit_compile=bool(s.jit), input_threads=s.input_threads),
-        PretrainConfig(use_micle=bool(s.micle)), strategy)
+        PretrainConfig(use_micle=bool(s.micle), augment_on=s.augment_on), strategy)

@@ -13,7 +13,7 @@ from absl import flags
 
 from flags.entry_point import ConfigFlags, from_flags
 from flags import strategy_flags  # noqa: F401  (defines the scale flags: run.py reads them)
-from simclr_med.config import (AUGMENT_PRESETS, LEARNING_RATE_SCALINGS, OPTIMIZERS,
+from simclr_med.config import (AUGMENT_ON, AUGMENT_PRESETS, LEARNING_RATE_SCALINGS, OPTIMIZERS,
                                PROJ_HEAD_MODES, ROTATION_FILL_MODES, AugmentConfig, DataConfig,
                                ModelConfig, OptimConfig, PretrainConfig, TrainConfig,
                                augment_preset)
@@ -106,6 +106,10 @@ flags.DEFINE_float("lars_trust_coefficient", OptimConfig.lars_trust_coefficient,
 flags.DEFINE_float("temperature", PretrainConfig.temperature, "NT-Xent temperature.")
 
 # MICLe and augmentation.
+flags.DEFINE_enum("augment_on", PretrainConfig.augment_on, AUGMENT_ON, "Pretraining: where a "
+                  "view's flip, colour jitter, grayscale and blur run. host: in the input "
+                  "pipeline; device: inside the training step, on batches of uint8 crops, for "
+                  "accelerators whose host cores cannot keep up (see the README's Performance).")
 flags.DEFINE_boolean("use_micle", PretrainConfig.use_micle, "MICLe: positive pairs from two "
                      "different images of a case bag (SimCLR for single-image cases).")
 flags.DEFINE_enum("augmentation", DEFAULT_AUGMENTATION, sorted(AUGMENT_PRESETS),

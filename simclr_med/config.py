@@ -126,6 +126,9 @@ class OptimConfig:
     lars_trust_coefficient: float = 0.001
 
 
+# host: the input pipeline makes whole views; device: it ships uint8 crops and the training step
+# runs flip, colour jitter, grayscale and blur (simclr_med.data.device_augment).
+AUGMENT_ON = ("host", "device")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # auto: mixed_bfloat16 where the hardware computes bfloat16 natively, else float32
 # (simclr_med.models.precision).
@@ -179,6 +182,11 @@ class PretrainConfig:
     temperature: float = 0.1
     use_micle: bool = False
     lineareval_while_pretraining: bool = True
+    augment_on: str = "host"  # one of AUGMENT_ON: where a view's photometric steps run
+
+    def __post_init__(self) -> None:
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,11 @@ interior of the image holds no filled-in pixels at all, whereas rotating the cro
 fill the corners of every rotated view. Geometry runs on the image's own channels (a chest X-ray's
 one), which is three times cheaper than on tiled RGB.
 
+Steps 1, 2 and 4 are the view's geometry (`geometric_view`), the others its photometry
+(`photometric_view`, whose draws `photometric_draws` makes); `augment_view` is one after the other.
+With `--augment_on=device` the input pipeline stops after the geometry and
+`simclr_med.data.device_augment` runs the photometry on the batch, inside the training step.
+
 All randomness is stateless: one [2] seed per view is split into one seed per step, so a fixed
 seed gives the same view whatever the tf.data parallelism. Facts (ranges, probabilities, kernel
 size) follow google-research/simclr (tf2/data_util.py); images are floats in [0, 1] with no
@@ -77,6 +82,17 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig,
     image: float32 [H, W, C] in [0, 1], C in {1, 3}; seed: int32/int64 [2] stateless seed.
     Returns float32 [image_size, image_size, 3] in [0, 1].
     """
+    return photometric_view(geometric_view(image, seed, config, image_size), seed, config,
+                            image_size)
+
+
+def geometric_view(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig,
+                   image_size: int) -> tf.Tensor:
+    """Steps 1, 2 and 4 of a view: rotation, crop and resize, three channels.
+
+    float32 [image_size, image_size, 3] in [0, 1]; `photometric_view` of it with the same seed
+    is `augment_view`. The flip (step 3) is photometric's: it commutes with `to_rgb`.
+    """
     validate(config)
     seeds = step_seeds(seed)
     if config.rotation_degrees > 0:
@@ -86,22 +102,49 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig,
         image = random_crop_and_resize(image, seeds["crop"], image_size, config)
     else:
         image = center_crop_and_resize(image, image_size, crop_proportion=1.0)
-    if config.flip:
-        image = tf.image.stateless_random_flip_left_right(image, seeds["flip"])
-    image = to_rgb(image)
+    return tf.ensure_shape(to_rgb(image), [image_size, image_size, 3])
+
+
+def photometric_view(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig,
+                     image_size: int) -> tf.Tensor:
+    """Steps 3 and 5-8 of a view of seed `seed` (`photometric_draws`) on its RGB crop."""
+    draws = photometric_draws(seed, config, image_size)
+
+    def maybe(step: str, transform: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        return tf.cond(draws[step], lambda: transform(x), lambda: x) if step in draws else x
+
+    image = maybe("flip", lambda x: tf.reverse(x, [1]), image)
+    image = maybe("color_jitter", lambda x: apply_color_jitter(x, draws), image)
+    image = maybe("grayscale", to_grayscale, image)
+    image = maybe("blur", lambda x: gaussian_blur(x, draws["blur_sigma"],
+                                                  blur_kernel_size(image_size)), image)
+    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [image_size, image_size, 3])
+
+
+def photometric_draws(seed: tf.Tensor, config: AugmentConfig,
+                      image_size: int) -> dict[str, tf.Tensor]:
+    """Every random draw of a view's photometric steps, from the view's seed.
+
+    For each step the config enables, a boolean under the step's name (whether it applies), and
+    the step's parameters: `jitter_parameters` for `color_jitter`, `blur_sigma` for `blur`.
+    A disabled step has no entry. `photometric_view` applies them to one view and
+    `device_augment.photometric_batch` to a batch, so both draw the same views from one seed.
+    """
+    validate(config)
+    seeds = step_seeds(seed)
+    draws = {}
+    if config.flip:  # as tf.image.stateless_random_flip_left_right draws it
+        draws["flip"] = tf.random.stateless_uniform([], seeds["flip"]) < 0.5
     if config.color_jitter_strength > 0 and config.color_jitter_prob > 0:
-        image = random_apply(lambda x, s: color_jitter(x, s, config.color_jitter_strength),
-                             config.color_jitter_prob, image, seeds["color_jitter"])
+        draws["color_jitter"], jitter_seed = _coin(seeds["color_jitter"], config.color_jitter_prob)
+        draws.update(jitter_parameters(jitter_seed, config.color_jitter_strength))
     if config.grayscale_prob > 0:
-        image = random_apply(lambda x, _: to_grayscale(x), config.grayscale_prob, image,
-                             seeds["grayscale"])
+        draws["grayscale"], _ = _coin(seeds["grayscale"], config.grayscale_prob)
     if config.blur_prob > 0 and blur_kernel_size(image_size) > 1:
-        image = random_apply(
-            lambda x, s: random_gaussian_blur(x, s, image_size, config.blur_sigma_min,
-                                              config.blur_sigma_max),
-            config.blur_prob, image, seeds["blur"])
-    image = tf.clip_by_value(image, 0.0, 1.0)
-    return tf.ensure_shape(image, [image_size, image_size, 3])
+        draws["blur"], blur_seed = _coin(seeds["blur"], config.blur_prob)
+        draws["blur_sigma"] = tf.random.stateless_uniform(
+            [], blur_seed, minval=config.blur_sigma_min, maxval=config.blur_sigma_max)
+    return draws
 
 
 VIEW_STEPS = ("rotation", "crop", "flip", "color_jitter", "grayscale", "blur")
@@ -117,12 +160,10 @@ def step_seeds(seed: tf.Tensor) -> dict[str, tf.Tensor]:
     return dict(zip(VIEW_STEPS, tf.unstack(split)))
 
 
-def random_apply(transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], p: float,
-                 image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """transform(image, sub_seed) with probability p, else image unchanged."""
-    coin_seed, transform_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    coin = tf.random.stateless_uniform([], coin_seed)
-    return tf.cond(coin < p, lambda: transform(image, transform_seed), lambda: image)
+def _coin(seed: tf.Tensor, p: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Whether a step of probability p applies, and the seed of its own draws."""
+    coin_seed, step_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    return tf.random.stateless_uniform([], coin_seed) < p, step_seed
 
 
 def random_rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float,
@@ -234,8 +275,8 @@ def apply_color_jitter(image: tf.Tensor, parameters: dict[str, tf.Tensor]) -> tf
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
-    """RGB -> luma (ITU-R 601), kept as three equal channels."""
-    return to_rgb(tf.image.rgb_to_grayscale(image))
+    """RGB [..., 3] -> luma (ITU-R 601), kept as three equal channels."""
+    return tf.broadcast_to(tf.image.rgb_to_grayscale(image), tf.shape(image))
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -244,11 +285,12 @@ def blur_kernel_size(image_size: int) -> int:
 
 
 def gaussian_kernel(sigma: tf.Tensor | float, kernel_size: int) -> tf.Tensor:
-    """Normalised 1-D Gaussian weights at offsets -(k//2)..k//2."""
+    """Normalised 1-D Gaussian weights at offsets -(k//2)..k//2: [k], or [N, k] for N sigmas."""
     radius = kernel_size // 2
     offsets = tf.cast(tf.range(-radius, radius + 1), tf.float32)
-    weights = tf.exp(-tf.square(offsets) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
-    return weights / tf.reduce_sum(weights)
+    sigma = tf.expand_dims(tf.cast(sigma, tf.float32), -1)
+    weights = tf.exp(-tf.square(offsets) / (2.0 * tf.square(sigma)))
+    return weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
 
 
 def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor | float, kernel_size: int) -> tf.Tensor:
@@ -260,24 +302,19 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor | float, kernel_size: int) 
     """
     kernel = gaussian_kernel(sigma, kernel_size)
     shape = tf.shape(image)
-    blurred = tf.einsum("ij,jwc->iwc", _band_matrix(kernel, shape[0]), image)
-    blurred = tf.einsum("hjc,jw->hwc", blurred, _band_matrix(kernel, shape[1]))
+    blurred = tf.einsum("ij,jwc->iwc", band_matrix(kernel, shape[0]), image)
+    blurred = tf.einsum("hjc,jw->hwc", blurred, band_matrix(kernel, shape[1]))
     return tf.ensure_shape(blurred, image.shape)
 
 
-def _band_matrix(kernel: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """[size, size] matrix M with M[i, j] = kernel[j - i + radius] where |j - i| <= radius.
+def band_matrix(kernel: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """[size, size] matrix M with M[i, j] = kernel[j - i + radius] where |j - i| <= radius
+    ([N, size, size] for N kernels [N, k]).
 
     For a symmetric kernel, M @ x convolves x with it, zero-padded at both ends."""
-    radius = tf.shape(kernel)[0] // 2
+    radius = tf.shape(kernel)[-1] // 2
     index = tf.range(size)
     offset = index[tf.newaxis, :] - index[:, tf.newaxis] + radius
     inside = tf.abs(offset - radius) <= radius
-    return tf.where(inside, tf.gather(kernel, tf.clip_by_value(offset, 0, 2 * radius)), 0.0)
-
-
-def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, image_size: int,
-                         sigma_min: float, sigma_max: float) -> tf.Tensor:
-    """Gaussian blur with sigma drawn uniformly in [sigma_min, sigma_max] pixels."""
-    sigma = tf.random.stateless_uniform([], seed, minval=sigma_min, maxval=sigma_max)
-    return gaussian_blur(image, sigma, blur_kernel_size(image_size))
+    return tf.where(inside, tf.gather(kernel, tf.clip_by_value(offset, 0, 2 * radius), axis=-1),
+                    0.0)

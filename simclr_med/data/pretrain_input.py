@@ -16,7 +16,7 @@ from typing import Optional
 import tensorflow as tf
 
 from simclr_med.config import AugmentConfig
-from simclr_med.data import augment, micle, preprocess
+from simclr_med.data import augment, device_augment, micle, preprocess
 from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, finish, shuffled_epochs
 
 # Per-image label fields that follow the chosen images into the pair.
@@ -33,6 +33,7 @@ class PairSpec:
     seed: int = 0
     shuffle_buffer: int = 2048
     threads: int = 0  # the pipeline's private thread pool (0: tf.data's shared one)
+    augment_on: str = "host"  # "device": views are uint8 crops, `finished_views` finishes them
     keep_ids: bool = False  # keep case and image ids (strings) in the elements, for inspection
 
 
@@ -50,6 +51,26 @@ def _image_at(bag: dict, index: tf.Tensor) -> tf.Tensor:
 
 # One trace serves both views of a pair (tracing a view's graph takes about a second).
 _augment_view = tf.function(augment.augment_view)
+_geometric_view = tf.function(augment.geometric_view)
+
+
+def _view(image: tf.Tensor, seed: tf.Tensor, spec: PairSpec) -> tf.Tensor:
+    if spec.augment_on == "device":
+        return device_augment.to_uint8(
+            _geometric_view(image, seed, spec.augment, spec.image_size))
+    return _augment_view(image, seed, spec.augment, spec.image_size)
+
+
+def finished_views(pairs: dict, spec: PairSpec) -> tf.Tensor:
+    """The float32 views [B, 2, S, S, 3] of a batch of pairs: as shipped (`augment_on="host"`),
+    or finished from the uint8 crops and view seeds by `device_augment.photometric_batch`."""
+    if spec.augment_on != "device":
+        return pairs["views"]
+    view_shape = pairs["views"].shape[2:]
+    views = device_augment.photometric_batch(
+        tf.reshape(pairs["views"], [-1, *view_shape]), tf.reshape(pairs["view_seeds"], [-1, 2]),
+        spec.augment, spec.image_size)
+    return tf.reshape(views, [-1, 2, *view_shape])
 
 
 def make_pair(bag: dict, seed: tf.Tensor, spec: PairSpec) -> dict:
@@ -57,11 +78,12 @@ def make_pair(bag: dict, seed: tf.Tensor, spec: PairSpec) -> dict:
     pair_seed, seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     count = tf.shape(bag["encoded"] if "encoded" in bag else bag["image"])[0]
     first, second = micle.choose_pair(count, pair_seed)
-    views = tf.stack([
-        _augment_view(_image_at(bag, first), seed1, spec.augment, spec.image_size),
-        _augment_view(_image_at(bag, second), seed2, spec.augment, spec.image_size)])
+    views = tf.stack([_view(_image_at(bag, first), seed1, spec),
+                      _view(_image_at(bag, second), seed2, spec)])
     indices = tf.stack([first, second])
     pair = {"views": views, "image_index": indices}
+    if spec.augment_on == "device":
+        pair["view_seeds"] = tf.stack([seed1, seed2])
     pair.update({k: tf.gather(bag[k], indices) for k in _LABEL_FIELDS if k in bag})
     if spec.keep_ids:
         pair["image_id"] = tf.gather(bag["image_id"], indices)
@@ -74,6 +96,8 @@ def pair_dataset(source: Source, split: str, spec: PairSpec, batch_size: int, *,
                  input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
     """Endless batches of `batch_size` pairs: `views` [B, 2, S, S, 3], `image_index` [B, 2] and the
     chosen images' labels (`class_id` [B, 2]; multi-label `labels`, `label_mask` [B, 2, L]).
+    With `spec.augment_on="device"`, `views` are the uint8 crops and `view_seeds` [B, 2, 2]
+    their seeds: `finished_views` makes the views.
 
     `start_example` skips that many pairs of this input pipeline (resuming; see
     `shuffled_epochs`). Without `spec.keep_ids` the batches hold no strings, so they

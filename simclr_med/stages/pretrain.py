@@ -17,7 +17,7 @@ from simclr_med.training import contrastive_loss, supervised_loss
 from simclr_med.config import (AugmentConfig, ModelConfig, OptimConfig, PretrainConfig,
                                TrainConfig)
 from simclr_med.data.integrity import names_damaged_shards
-from simclr_med.data.pretrain_input import PairSpec, pair_dataset
+from simclr_med.data.pretrain_input import PairSpec, finished_views, pair_dataset
 from simclr_med.data.reader import Source
 from simclr_med.models.simclr import SimCLRModel
 from simclr_med.training.loop import distributed_input
@@ -86,8 +86,13 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
                                               if num_classes else []),
                         stop_gradient_to_head=True, images_per_example=2)
     model, optimizer, metrics = stage.model, stage.optimizer, stage.metrics
+    spec = PairSpec(use_micle=pretrain_config.use_micle, augment=augment,
+                    image_size=model_config.image_size, seed=train.seed,
+                    shuffle_buffer=train.shuffle_buffer, threads=train.input_threads,
+                    augment_on=pretrain_config.augment_on)
 
     def step_fn(pairs: dict) -> None:
+        pairs = {**pairs, "views": finished_views(pairs, spec)}
         _, grads, outputs = contrastive_gradients(
             model, optimizer, pairs, pretrain_config.temperature, batch, task, optim)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -108,10 +113,6 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
         return trainer.nothing_to_do()
     trainer.begin(record, flag_values)
 
-    spec = PairSpec(use_micle=pretrain_config.use_micle, augment=augment,
-                    image_size=model_config.image_size, seed=train.seed,
-                    shuffle_buffer=train.shuffle_buffer, threads=train.input_threads)
-
     make_dataset = distributed_input(strategy, batch,
                                      functools.partial(pair_dataset, source, split, spec))
     if trainer.step == 0:
@@ -125,7 +126,7 @@ def pretrain(model_config: ModelConfig, optim: OptimConfig, augment: AugmentConf
 
 def _write_sample_views(writer, source: Source, split: str, spec: PairSpec) -> None:
     """TensorBoard image `augmented_pairs`: the two views of a few pairs side by side."""
-    pairs = next(iter(pair_dataset(source, split, spec, SAMPLE_VIEWS)))
-    side_by_side = tf.concat([pairs["views"][:, 0], pairs["views"][:, 1]], axis=2)
+    views = finished_views(next(iter(pair_dataset(source, split, spec, SAMPLE_VIEWS))), spec)
+    side_by_side = tf.concat([views[:, 0], views[:, 1]], axis=2)
     with writer.as_default(step=0):
         tf.summary.image("augmented_pairs", side_by_side, max_outputs=SAMPLE_VIEWS)
