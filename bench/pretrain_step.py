@@ -8,8 +8,9 @@ Each measurement is a short SimCLR (or MICLe) pretraining in a fresh process, so
 resident memory is its own, timed after its first loop (tracing) by the training summary; the
 input pipeline runs beside the model on the same cores, as in real training. The settings
 alternate, round after round (A B A B, not A A B B), so that a shared machine's drift reaches
-every setting alike; the table gives the median over rounds, the range, and the ratio to the
-first setting.
+every setting alike; the table gives the median over rounds, the range, the ratio to the
+first setting and the seconds the run's final checkpoint save stalled training ("save s", from
+the summary's `checkpoint_seconds`; not in the step time).
 
 The yardstick: `keras.applications.ResNet<depth>` (depths 50, 101, 152) trained supervised with
 `fit` on in-memory images, as many per step as the setting has views (2 x batch), at the same
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +53,8 @@ YARDSTICK_KEYS = ("depth", "size", "batch", "precision", "jit")  # what a yardst
 def measure_pretraining(s: Setting, steps: int, steps_per_loop: int, data_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as model_dir:
         summary = pretrain_run(s, steps + steps_per_loop, steps_per_loop, data_dir, model_dir)
-    return {"seconds": s.batch / summary["examples_per_second"]}
+    return {"seconds": s.batch / summary["examples_per_second"],
+            "checkpoint_seconds": summary["checkpoint_seconds"] / summary["checkpoints_saved"]}
 
 
 def measure_yardstick(s: Setting, steps: int, steps_per_loop: int) -> dict:
@@ -99,6 +102,8 @@ def summarise(job: dict, runs: list[dict]) -> dict:
     return {"kind": job["kind"], "setting": s.label(), **job["setting"],
             "step_seconds": step, "step_seconds_range": spread,
             "pairs_per_second": s.batch / step, "views_per_second": 2 * s.batch / step,
+            **({"checkpoint_seconds": statistics.median(r["checkpoint_seconds"] for r in runs)}
+               if job["kind"] == "simclr_med" else {}),
             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "rounds": runs}
 
 
@@ -126,7 +131,7 @@ def compare(rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> list[str]:
     width = max([52] + [len(row["setting"]) for row in rows])
     lines = [f"{'setting':{width}s} {'pairs/s':>8s} {'views/s':>8s} {'range pairs/s':>14s} "
-             f"{'peak GB':>7s} {'ratio':>6s} {'vs Keras':>8s}"]
+             f"{'peak GB':>7s} {'ratio':>6s} {'vs Keras':>8s} {'save s':>6s}"]
     for row in rows:
         if row["kind"] == "yardstick":
             continue
@@ -135,7 +140,8 @@ def table(rows: list[dict]) -> list[str]:
         lines.append(f"{row['setting']:{width}s} {row['pairs_per_second']:8.2f} "
                      f"{row['views_per_second']:8.2f} {low:6.2f}-{high:<7.2f} "
                      f"{row['peak_rss_gb']:7.2f} {row['ratio_to_baseline']:6.2f} "
-                     + (f"{versus:8.2f}" if versus else f"{'-':>8s}"))
+                     + (f"{versus:8.2f}" if versus else f"{'-':>8s}")
+                     + f" {row['checkpoint_seconds']:6.2f}")
     for row in rows:
         if row["kind"] == "yardstick":
             lines.append(f"Keras ResNet{row['depth']} supervised, {row['size']} px, "

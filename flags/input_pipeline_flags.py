@@ -12,7 +12,8 @@ flags.DEFINE_multi_string(
     "A setting to measure (repeat for several; the first is the baseline of the ratios): "
     "comma-separated key=value of micle (0/1), augment (a preset), size (output px), batch "
     "(pairs), cores (CPUs the measurement may use), stored (px of the synthetic images; 0: "
-    "64 for outputs up to 64 px, else 256).")
+    "64 for outputs up to 64 px, else 256), augment_on (host; device: only the host's share "
+    "of --augment_on=device, the uint8 crops).")
 flags.DEFINE_integer("rounds", 2, "Rounds: each runs every setting once, in order.")
 flags.DEFINE_integer("batches", 20, "Timed batches per measurement (after the warm-up).")
 flags.DEFINE_integer("warmup", 5, "Batches drawn before timing (tracing, filling the prefetch).")

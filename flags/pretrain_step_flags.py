@@ -12,7 +12,9 @@ flags.DEFINE_multi_string(
     "A setting to measure (repeat the flag for several; the first is the baseline of the "
     "ratios): comma-separated key=value of depth, width, size, batch, precision, micle (0/1), "
     "replicas (> 1: mirrored over that many logical CPUs), augment (a preset), blur (0/1), jit "
-    "(0/1: --jit_compile), fused_bn (0/1: --fused_batch_norm). The default: the README's table.")
+    "(0/1: --jit_compile), fused_bn (0/1: --fused_batch_norm), input_threads (--input_threads), "
+    "intra and inter (TensorFlow's op thread pools; 0: its defaults), augment_on (host/device: "
+    "--augment_on). The default: the README's table.")
 flags.DEFINE_integer("rounds", 2, "Rounds: each runs every setting once, in order.")
 flags.DEFINE_integer("steps", 8, "Timed steps per measurement (after one traced loop).")
 flags.DEFINE_integer("steps_per_loop", 4, "Steps per tf.function call.")

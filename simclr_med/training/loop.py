@@ -223,6 +223,7 @@ class Trainer:
                      ", the step compiled with XLA" if s.jit_compile else "")
         results: dict = {}
         timed_seconds, timed_steps, started = 0.0, 0, time.perf_counter()
+        saves, save_seconds = 0, 0.0  # the training stalls while a checkpoint is written
         while self.step < stop:
             step = self.step
             to_checkpoint = s.checkpoint_steps - step % s.checkpoint_steps
@@ -237,7 +238,9 @@ class Trainer:
             results.update(self._throughput(n, seconds))
             self.metrics.reset()
             if self.step % s.checkpoint_steps == 0 or self.step >= stop:
+                begin = time.perf_counter()
                 self.manager.save(checkpoint_number=self.step)
+                saves, save_seconds = saves + 1, save_seconds + time.perf_counter() - begin
                 if on_checkpoint:
                     results.update(on_checkpoint(self.step))
             # Until a loop is timed, the first one (tracing included) gives a pessimistic ETA.
@@ -248,6 +251,7 @@ class Trainer:
                    "checkpoint": tf.train.latest_checkpoint(s.model_dir),
                    "elapsed_seconds": time.perf_counter() - started,
                    "precision": self.model.dtype_policy.name, "jit_compile": s.jit_compile,
+                   "checkpoints_saved": saves, "checkpoint_seconds": save_seconds,
                    "weights_sha256": weights_fingerprint(self.model.variables)}
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)

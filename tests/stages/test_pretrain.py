@@ -114,6 +114,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(synthetic_bui
     assert json.loads((straight / "flags.json").read_text())["train_steps"] == 8
     summary = _summary(straight)
     assert summary["mode"] == "pretrain" and summary["images_per_second"] > 0
+    assert summary["checkpoints_saved"] == 4 and summary["checkpoint_seconds"] > 0  # every 2
     tags = {value.tag for _, value in _events(straight)}
     assert {"loss", "contrast_accuracy", "contrast_entropy", "learning_rate", "weight_norm",
             "images_per_second", "augmented_pairs"} <= tags
