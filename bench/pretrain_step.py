@@ -54,7 +54,7 @@ def measure_pretraining(s: Setting, steps: int, steps_per_loop: int, data_dir: s
     with tempfile.TemporaryDirectory() as model_dir:
         summary = pretrain_run(s, steps + steps_per_loop, steps_per_loop, data_dir, model_dir)
     return {"seconds": s.batch / summary["examples_per_second"],
-            "checkpoint_seconds": summary["checkpoint_seconds"] / summary["checkpoints_saved"]}
+            "checkpoint_seconds": summary["checkpoint_seconds"] / max(1, summary["checkpoints_saved"])}
 
 
 def measure_yardstick(s: Setting, steps: int, steps_per_loop: int) -> dict:

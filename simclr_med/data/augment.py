@@ -128,7 +128,8 @@ def photometric_draws(seed: tf.Tensor, config: AugmentConfig,
     For each step the config enables, a boolean under the step's name (whether it applies), and
     the step's parameters: `jitter_parameters` for `color_jitter`, `blur_sigma` for `blur`.
     A disabled step has no entry. `photometric_view` applies them to one view and
-    `device_augment.photometric_batch` to a batch, so both draw the same views from one seed.
+    `device_augment.photometric_batch` to a batch (the input pipeline ships the draws), so both
+    make the same views from one seed.
     """
     validate(config)
     seeds = step_seeds(seed)
@@ -307,7 +308,7 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor | float, kernel_size: int) 
     return tf.ensure_shape(blurred, image.shape)
 
 
-def band_matrix(kernel: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+def band_matrix(kernel: tf.Tensor, size: int | tf.Tensor) -> tf.Tensor:
     """[size, size] matrix M with M[i, j] = kernel[j - i + radius] where |j - i| <= radius
     ([N, size, size] for N kernels [N, k]).
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from simclr_med.config import AugmentConfig
+from simclr_med.config import AUGMENT_ON, AugmentConfig
 from simclr_med.data import augment, device_augment, micle, preprocess
 from simclr_med.data.reader import AUTOTUNE, Source, epoch_reader, finish, shuffled_epochs
 
@@ -36,6 +36,10 @@ class PairSpec:
     augment_on: str = "host"  # "device": views are uint8 crops, `finished_views` finishes them
     keep_ids: bool = False  # keep case and image ids (strings) in the elements, for inspection
 
+    def __post_init__(self) -> None:
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
+
 
 def _as_bag(image: dict) -> dict:
     """A single image as a bag of one."""
@@ -52,6 +56,7 @@ def _image_at(bag: dict, index: tf.Tensor) -> tf.Tensor:
 # One trace serves both views of a pair (tracing a view's graph takes about a second).
 _augment_view = tf.function(augment.augment_view)
 _geometric_view = tf.function(augment.geometric_view)
+_photometric_draws = tf.function(augment.photometric_draws)
 
 
 def _view(image: tf.Tensor, seed: tf.Tensor, spec: PairSpec) -> tf.Tensor:
@@ -63,13 +68,13 @@ def _view(image: tf.Tensor, seed: tf.Tensor, spec: PairSpec) -> tf.Tensor:
 
 def finished_views(pairs: dict, spec: PairSpec) -> tf.Tensor:
     """The float32 views [B, 2, S, S, 3] of a batch of pairs: as shipped (`augment_on="host"`),
-    or finished from the uint8 crops and view seeds by `device_augment.photometric_batch`."""
+    or finished from the uint8 crops and their draws by `device_augment.photometric_batch`."""
     if spec.augment_on != "device":
         return pairs["views"]
     view_shape = pairs["views"].shape[2:]
+    draws = {k: tf.reshape(v, [-1, *v.shape[2:]]) for k, v in pairs.get("view_draws", {}).items()}
     views = device_augment.photometric_batch(
-        tf.reshape(pairs["views"], [-1, *view_shape]), tf.reshape(pairs["view_seeds"], [-1, 2]),
-        spec.augment, spec.image_size)
+        tf.reshape(pairs["views"], [-1, *view_shape]), draws, spec.image_size)
     return tf.reshape(views, [-1, 2, *view_shape])
 
 
@@ -83,7 +88,9 @@ def make_pair(bag: dict, seed: tf.Tensor, spec: PairSpec) -> dict:
     indices = tf.stack([first, second])
     pair = {"views": views, "image_index": indices}
     if spec.augment_on == "device":
-        pair["view_seeds"] = tf.stack([seed1, seed2])
+        draws = [_photometric_draws(seed, spec.augment, spec.image_size) for seed in (seed1, seed2)]
+        if draws[0]:  # a config without photometric steps draws nothing
+            pair["view_draws"] = {k: tf.stack([draws[0][k], draws[1][k]]) for k in draws[0]}
     pair.update({k: tf.gather(bag[k], indices) for k in _LABEL_FIELDS if k in bag})
     if spec.keep_ids:
         pair["image_id"] = tf.gather(bag["image_id"], indices)
@@ -96,8 +103,9 @@ def pair_dataset(source: Source, split: str, spec: PairSpec, batch_size: int, *,
                  input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
     """Endless batches of `batch_size` pairs: `views` [B, 2, S, S, 3], `image_index` [B, 2] and the
     chosen images' labels (`class_id` [B, 2]; multi-label `labels`, `label_mask` [B, 2, L]).
-    With `spec.augment_on="device"`, `views` are the uint8 crops and `view_seeds` [B, 2, 2]
-    their seeds: `finished_views` makes the views.
+    With `spec.augment_on="device"`, `views` are the uint8 crops and `view_draws` the random
+    parameters of their photometric steps ([B, 2], `order` [B, 2, 4]): `finished_views` makes
+    the views.
 
     `start_example` skips that many pairs of this input pipeline (resuming; see
     `shuffled_epochs`). Without `spec.keep_ids` the batches hold no strings, so they

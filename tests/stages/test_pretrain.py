@@ -128,7 +128,8 @@ def _latest_step(model_dir: pathlib.Path) -> int:
 
 
 def _tiny_pretrain(build: pathlib.Path, model_dir: pathlib.Path, steps: int,
-                   temperature: float = 0.5, augment_on: str = "host") -> dict:
+                   temperature: float = 0.5, augment_on: str = "host",
+                   strategy: tf.distribute.Strategy | None = None) -> dict:
     return pretrain(
         TINY,
         OptimConfig(optimizer="adam", learning_rate=1e-3, learning_rate_scaling="sqrt"),
@@ -136,15 +137,20 @@ def _tiny_pretrain(build: pathlib.Path, model_dir: pathlib.Path, steps: int,
         TrainConfig(model_dir=str(model_dir), train_batch_size=8, train_steps=steps,
                     steps_per_loop=2, checkpoint_steps=2),
         PretrainConfig(temperature=temperature, augment_on=augment_on),
-        tf.distribute.get_strategy())
+        strategy or tf.distribute.get_strategy())
 
 
-def test_augmenting_on_the_device_trains_on_the_host_paths_views(synthetic_build, tmp_path):
-    """The step finishes the shipped uint8 crops into the views the host would have made: the
-    same loss but for the crops' rounding to 8 bits (measured: 1e-4 relative over the first two
-    steps; later steps drift apart as any two slightly different inputs do)."""
-    host = _tiny_pretrain(synthetic_build, tmp_path / "host", steps=2)
-    device = _tiny_pretrain(synthetic_build, tmp_path / "device", steps=2, augment_on="device")
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_augmenting_on_the_device_trains_on_the_host_paths_views(synthetic_build, tmp_path,
+                                                                 request, replicas):
+    """The step finishes the shipped uint8 crops into the views the host would have made, also
+    on each replica's share of the batch: the same loss but for the crops' rounding to 8 bits
+    (measured: 1e-4 relative over the first two steps; later steps drift apart as any two
+    slightly different inputs do)."""
+    strategy = request.getfixturevalue("two_cpu_strategy") if replicas == 2 else None
+    host = _tiny_pretrain(synthetic_build, tmp_path / "host", steps=2, strategy=strategy)
+    device = _tiny_pretrain(synthetic_build, tmp_path / "device", steps=2, augment_on="device",
+                            strategy=strategy)
     assert device["loss"] == pytest.approx(host["loss"], rel=1e-3)
     assert any(value.tag == "augmented_pairs" for _, value in _events(tmp_path / "device"))
 
