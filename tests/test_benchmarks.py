@@ -30,7 +30,7 @@ def test_pretrain_step_alternates_the_settings_and_compares_them(tmp_path):
     medians."""
     output = tmp_path / "pretrain_step.json"
     small = "depth=18,width=0.25,size=32,batch=4"
-    deep = "depth=50,width=0.25,size=32,batch=2,micle=1"
+    deep = "depth=50,width=0.25,size=32,batch=2,micle=1,augment_on=device,input_threads=1"
     completed = _bench("pretrain_step.py", f"--setting={small}", f"--setting={deep}",
                        "--rounds=2", "--steps=1", "--steps_per_loop=1", f"--output={output}")
     found = json.loads(output.read_text())
@@ -38,6 +38,8 @@ def test_pretrain_step_alternates_the_settings_and_compares_them(tmp_path):
     ours, theirs, yardstick = found["results"]
     assert [ours["kind"], theirs["kind"], yardstick["kind"]] == ["simclr_med"] * 2 + ["yardstick"]
     assert (theirs["micle"], yardstick["depth"], yardstick["batch"]) == (1, 50, 2)
+    assert (theirs["augment_on"], theirs["input_threads"]) == ("device", 1)
+    assert ours["checkpoint_seconds"] > 0 and theirs["checkpoint_seconds"] > 0
     for row in found["results"]:
         assert len(row["rounds"]) == 2
         seconds = sorted(r["seconds"] for r in row["rounds"])
@@ -62,7 +64,7 @@ def test_input_pipeline_pins_each_measurement_to_its_cores(tmp_path):
     sees exactly the CPUs it was given, and per-core figures divide by them."""
     output = tmp_path / "input_pipeline.json"
     one = "micle=0,augment=simclr,size=32,batch=4,cores=1"
-    two = "micle=1,augment=cxr,size=32,batch=4,cores=2"
+    two = "micle=1,augment=cxr,size=32,batch=4,cores=2,augment_on=device"
     completed = _bench("input_pipeline.py", f"--setting={one}", f"--setting={two}", "--rounds=2",
                        "--batches=2", "--warmup=1", f"--output={output}")
     found = json.loads(output.read_text())
