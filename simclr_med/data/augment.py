@@ -230,12 +230,6 @@ def random_crop(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.
 JITTER_TRANSFORMS = ("brightness", "contrast", "saturation", "hue")
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
-    """SimCLR(v2) colour jitter of an RGB image: brightness, contrast, saturation and hue, in a
-    random order, clipping to [0, 1] after each (`jitter_parameters` says what is drawn)."""
-    return apply_color_jitter(image, jitter_parameters(seed, strength))
-
-
 def jitter_parameters(seed: tf.Tensor, strength: float) -> dict[str, tf.Tensor]:
     """The draws of one colour jitter of strength s: multiplicative `brightness`, `contrast` and
     `saturation` factors, each uniform in [max(0, 1-0.8s), 1+0.8s], a `hue` shift uniform in
@@ -259,8 +253,10 @@ def jitter_parameters(seed: tf.Tensor, strength: float) -> dict[str, tf.Tensor]:
 
 
 def apply_color_jitter(image: tf.Tensor, parameters: dict[str, tf.Tensor]) -> tf.Tensor:
-    """The jitter of `parameters` (see `jitter_parameters`): contrast moves each channel away
-    from its mean over the image, saturation scales HSV saturation, hue rotates HSV hue."""
+    """SimCLR(v2) colour jitter of an RGB image with the draws of `jitter_parameters`:
+    brightness, contrast, saturation and hue in the drawn order, clipping to [0, 1] after each.
+    Contrast moves each channel away from its mean over the image, saturation scales HSV
+    saturation, hue rotates HSV hue."""
     transforms = {
         "brightness": lambda x: x * parameters["brightness"],
         "contrast": lambda x: tf.image.adjust_contrast(x, parameters["contrast"]),

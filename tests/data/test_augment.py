@@ -225,8 +225,9 @@ def test_color_jitter_matches_a_colorsys_reference(strength):
     image = IMAGE[::3, ::3]
     for i in range(12):
         seed = tf.constant([i, 11], tf.int64)
-        parameters = {k: v.numpy() for k, v in augment.jitter_parameters(seed, strength).items()}
-        jittered = augment.color_jitter(tf.constant(image), seed, strength).numpy()
+        drawn = augment.jitter_parameters(seed, strength)
+        parameters = {k: v.numpy() for k, v in drawn.items()}
+        jittered = augment.apply_color_jitter(tf.constant(image), drawn).numpy()
         np.testing.assert_allclose(jittered, _jitter_by_hand(image, parameters), atol=2e-5,
                                    err_msg=str(parameters))
 
