@@ -9,8 +9,8 @@ resident memory is its own, timed after its first loop (tracing) by the training
 input pipeline runs beside the model on the same cores, as in real training. The settings
 alternate, round after round (A B A B, not A A B B), so that a shared machine's drift reaches
 every setting alike; the table gives the median over rounds, the range, the ratio to the
-first setting and the seconds the run's final checkpoint save stalled training ("save s", from
-the summary's `checkpoint_seconds`; not in the step time).
+first setting and the seconds a checkpoint save stalled training ("save s": the summary's `checkpoint_seconds`
+per save, median over rounds; not in the step time).
 
 The yardstick: `keras.applications.ResNet<depth>` (depths 50, 101, 152) trained supervised with
 `fit` on in-memory images, as many per step as the setting has views (2 x batch), at the same
